@@ -1,0 +1,17 @@
+//! Compiles the `.proto` files with protox (a Rust protobuf compiler), so building Atoll
+//! needs no `protoc` on the machine.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/atoll/v1/mesos.proto",
+        "proto/atoll/v1/scheduler.proto",
+        "proto/atoll/v1/agent.proto",
+        "proto/atoll/v1/operator.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Atoll's wire protocols and shared domain model.
+//!
+//! `pb` holds the generated protobuf/gRPC code (Mesos v1 names); `model` the typed domain
+//! (ids, resources, tasks, agents, frameworks, the cluster event) that every other crate
+//! computes with; `convert` translates between them at the edges, validating what comes in.
+
+pub mod pb {
+    pub mod v1 {
+        tonic::include_proto!("atoll.v1");
+        pub mod scheduler {
+            tonic::include_proto!("atoll.v1.scheduler");
+        }
+        pub mod agent {
+            tonic::include_proto!("atoll.v1.agent");
+        }
+        pub mod operator {
+            tonic::include_proto!("atoll.v1.operator");
+        }
+    }
+}
+
+pub mod convert;
+pub mod model;

@@ -1,0 +1,15 @@
+//! The typed domain model shared by every Atoll crate.
+
+mod cluster;
+mod event;
+mod ids;
+mod resources;
+mod task;
+mod time;
+
+pub use cluster::*;
+pub use event::*;
+pub use ids::*;
+pub use resources::*;
+pub use task::*;
+pub use time::*;
