@@ -1,1 +1,96 @@
-fn main() {}
+//! `atoll`: the one binary — every daemon (`up`, `master`, `agent`, the per-task `executor`)
+//! and the operator commands (`run`, `node`, `task`, `events`).
+
+mod client;
+mod daemons;
+mod operator;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "atoll", version, about = "Atoll: a cluster manager built to win on the network")]
+struct Cli {
+    /// Master URL [default: http://127.0.0.1:5050]
+    #[arg(long, global = true, env = "ATOLL_MASTER")]
+    master: Option<String>,
+    /// Print JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a one-machine cluster: master and agent (stops everything on Ctrl-C)
+    Up(daemons::UpArgs),
+    /// Run the master daemon
+    Master(daemons::MasterArgs),
+    /// Run the agent daemon (uses --master to find the master)
+    Agent(daemons::AgentArgs),
+    /// The per-task supervisor the agent starts (not for direct use)
+    #[command(hide = true)]
+    Executor {
+        #[arg(long)]
+        spec: std::path::PathBuf,
+    },
+    /// Run a one-off task and stream its output (like mesos-execute)
+    Run(operator::RunArgs),
+    /// Inspect and maintain nodes (agents)
+    #[command(subcommand)]
+    Node(operator::NodeCommand),
+    /// Inspect, follow and kill tasks
+    #[command(subcommand)]
+    Task(operator::TaskCommand),
+    /// Follow the cluster event stream
+    Events(operator::EventsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Executor { spec } = &cli.command {
+        // No runtime, no logging set-up: the executor is a tiny synchronous supervisor.
+        let code = atoll_agent::executor::main_with_spec(spec);
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    let daemon = matches!(cli.command, Command::Up(_) | Command::Master(_) | Command::Agent(_));
+    init_logging(if daemon { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("atoll: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let master = cli.master.clone().unwrap_or_else(|| "http://127.0.0.1:5050".to_owned());
+    let ctx = operator::Context { master: master.trim_end_matches('/').to_owned(), json: cli.json };
+    let master_flag = cli.master;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => daemons::up(args).await,
+            Command::Master(args) => daemons::master(args).await,
+            Command::Agent(args) => daemons::agent(args, master_flag).await,
+            Command::Executor { .. } => unreachable!("handled before the runtime starts"),
+            Command::Run(args) => operator::run(&ctx, args).await,
+            Command::Node(command) => operator::node(&ctx, command).await.map(|()| 0),
+            Command::Task(command) => operator::task(&ctx, command).await.map(|()| 0),
+            Command::Events(args) => operator::events(&ctx, args).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("atoll: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -4,6 +4,7 @@
 //! (ids, resources, tasks, agents, frameworks, the cluster event) that every other crate
 //! computes with; `convert` translates between them at the edges, validating what comes in.
 
+#[allow(clippy::large_enum_variant)]
 pub mod pb {
     pub mod v1 {
         tonic::include_proto!("atoll.v1");

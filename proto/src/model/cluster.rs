@@ -158,6 +158,9 @@ pub struct Agent {
     pub used: Resources,
     pub attributes: Attributes,
     pub state: AgentState,
+    /// The operator asked to drain it; kept until reactivated, across restarts.
+    #[serde(default)]
+    pub drain: bool,
     pub registered_at: Time,
     #[serde(default)]
     pub version: String,

@@ -81,6 +81,9 @@ fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
 }
 
 /// What an event-stream subscriber receives.
+// Messages are sent one at a time, so the size of the largest variant costs nothing, while
+// boxing it would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StreamMessage {

@@ -105,7 +105,7 @@ impl Ranges {
 
     /// How many values the set holds.
     pub fn len(&self) -> u64 {
-        self.0.iter().map(|(b, e)| e - b + 1).sum()
+        self.0.iter().map(|(b, e)| (e - b).saturating_add(1)).fold(0u64, u64::saturating_add)
     }
 
     pub fn contains_value(&self, value: u64) -> bool {

@@ -291,13 +291,7 @@ impl CommandInfo {
 
     /// A one-line human rendering.
     pub fn display(&self) -> String {
-        if self.shell {
-            self.value.clone()
-        } else if self.arguments.is_empty() {
-            self.value.clone()
-        } else {
-            self.arguments.join(" ")
-        }
+        if self.shell || self.arguments.is_empty() { self.value.clone() } else { self.arguments.join(" ") }
     }
 }
 

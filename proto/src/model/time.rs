@@ -19,7 +19,7 @@ impl Time {
     }
 
     pub fn from_secs_f64(secs: f64) -> Time {
-        Time((secs.max(0.0) * 1000.0) as u64)
+        Time((secs.max(0.0) * 1000.0).round() as u64)
     }
 
     /// Seconds since the epoch, as Mesos timestamps are written.

@@ -1,1 +1,7 @@
-//! placeholder
+//! The master's pure decision cores: the hierarchical DRF allocator and the master state
+//! machine (agents, frameworks, offers, tasks, and the event log they produce). No tokio,
+//! no sockets, no clock, no randomness: time comes in as an argument and every consequence
+//! goes out as a value for the I/O shell (`atoll-scheduler`) to carry out.
+
+pub mod allocator;
+pub mod master;

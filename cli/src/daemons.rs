@@ -1,0 +1,177 @@
+//! The daemons: `atoll master`, `atoll agent`, and `atoll up` (both in one process).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use atoll_agent::{AgentSettings, StopMode};
+use atoll_scheduler::config::{MasterSettings, default_data_root};
+use clap::Args;
+use serde::Deserialize;
+
+#[derive(Args)]
+pub struct MasterArgs {
+    /// TOML file with the same keys as the flags (flags win)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: MasterSettings,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// TOML file with the same keys as the flags (flags win)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kill every task this agent runs, remove its cgroups and data, and exit
+    #[arg(long)]
+    cleanup: bool,
+    #[command(flatten)]
+    settings: AgentSettings,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Directory for all state (master/ and agent/ inside)
+    /// [default: /var/lib/atoll as root, else ~/.local/share/atoll]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Master HTTP + gRPC address [default: 127.0.0.1:5050]
+    #[arg(long)]
+    master_listen: Option<SocketAddr>,
+    /// Agent HTTP address [default: 127.0.0.1:5051]
+    #[arg(long)]
+    agent_listen: Option<SocketAddr>,
+    /// Agent resources, e.g. `cpus:2;mem:2048;ports:[31000-32000]` (detected by default)
+    #[arg(long)]
+    resources: Option<String>,
+    /// Agent attributes, e.g. `rack:r1;zone:a`
+    #[arg(long)]
+    attributes: Option<String>,
+    /// TOML file with a [master] and an [agent] table of daemon settings (flags win)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// On stop, leave the tasks running (the next `atoll up` recovers them)
+    #[arg(long)]
+    keep_tasks: bool,
+}
+
+/// `atoll up --config FILE`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpFile {
+    #[serde(default)]
+    master: MasterSettings,
+    #[serde(default)]
+    agent: AgentSettings,
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn master(args: MasterArgs) -> anyhow::Result<i32> {
+    let file = match &args.config {
+        Some(path) => MasterSettings::from_file(path)?,
+        None => MasterSettings::default(),
+    };
+    let options = args.settings.over(file).resolve()?;
+    atoll_scheduler::server::run(options, stop_signal()).await?;
+    Ok(0)
+}
+
+pub async fn agent(args: AgentArgs, master_flag: Option<String>) -> anyhow::Result<i32> {
+    let file = match &args.config {
+        Some(path) => AgentSettings::from_file(path)?,
+        None => AgentSettings::default(),
+    };
+    let mut settings = args.settings.over(file);
+    // The global --master (or ATOLL_MASTER) wins over the config file's `master`.
+    if master_flag.is_some() {
+        settings.master = master_flag;
+    }
+    let options = settings.resolve()?;
+    if args.cleanup {
+        let report = atoll_agent::cleanup(&options)?;
+        println!(
+            "killed {} task(s), removed {} cgroup(s) and {} path(s) under {}",
+            report.tasks_killed,
+            report.cgroups_removed,
+            report.removed.len(),
+            options.data_dir.display()
+        );
+        return Ok(0);
+    }
+    atoll_agent::run(options, async {
+        stop_signal().await;
+        StopMode::LeaveTasks
+    })
+    .await?;
+    Ok(0)
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
+    let file: UpFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
+        }
+        None => UpFile::default(),
+    };
+    let data_dir = args.data_dir.unwrap_or_else(default_data_root);
+    let master_flags = MasterSettings {
+        listen: args.master_listen,
+        data_dir: Some(data_dir.join("master")),
+        ..MasterSettings::default()
+    };
+    let master_options = master_flags.over(file.master).resolve()?;
+    let master_url = format!("http://{}", master_options.listen);
+    let agent_flags = AgentSettings {
+        listen: args.agent_listen,
+        data_dir: Some(data_dir.join("agent")),
+        master: Some(master_url.clone()),
+        resources: args.resources,
+        attributes: args.attributes,
+        ..AgentSettings::default()
+    };
+    let agent_options = agent_flags.over(file.agent).resolve()?;
+    let agent_listen = agent_options.listen;
+
+    let master = atoll_scheduler::server::start(master_options).await?;
+    let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
+    let master_task = tokio::spawn(master.serve(async move {
+        let _ = master_stopped.await;
+    }));
+
+    println!("atoll is up");
+    println!("  master  {master_url}  (HTTP API, gRPC, event stream at /v1/events)");
+    println!("  agent   http://{agent_listen}");
+    println!("  data    {}", data_dir.display());
+    println!("try:  atoll run -- echo hello      atoll task list      atoll events");
+    println!("stop with Ctrl-C{}", if args.keep_tasks { " (tasks keep running)" } else { " (stops every task)" });
+
+    let keep_tasks = args.keep_tasks;
+    let agent_result = atoll_agent::run(agent_options, async move {
+        stop_signal().await;
+        if keep_tasks { StopMode::LeaveTasks } else { StopMode::KillTasks }
+    })
+    .await;
+    let _ = stop_master.send(());
+    let master_result = master_task.await.context("the master task failed")?;
+    agent_result?;
+    master_result?;
+    Ok(0)
+}

@@ -1,0 +1,225 @@
+//! The operator HTTP/JSON API (`/v1/...`), Server-Sent Events for the event stream, health,
+//! version and metrics. Errors are JSON `{"error": "..."}` with a 4xx that fits.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use atoll_proto::model::{AgentId, StreamMessage, TaskId, TaskState};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+
+use crate::actor::{ActorError, MasterHandle};
+use crate::events;
+use crate::run::{RunError, RunHandle, RunRequest};
+use atoll_scheduler_core::master::MasterError;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub master: MasterHandle,
+    pub run: RunHandle,
+}
+
+/// An API error: a status and a message.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(error: ActorError) -> ApiError {
+        let status = match &error {
+            ActorError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            ActorError::Master(e) => match e {
+                MasterError::UnknownAgent(_) | MasterError::UnknownFramework(_) | MasterError::UnknownTask(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                MasterError::FrameworkRemoved(_) | MasterError::AgentGone(_) | MasterError::TaskTerminal(_) => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::BAD_REQUEST,
+            },
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(error: RunError) -> ApiError {
+        let status = match &error {
+            RunError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RunError::Unsatisfiable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            RunError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn json<T: Serialize>(value: &T) -> Response {
+    axum::Json(value).into_response()
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/v1/state", get(cluster_state))
+        .route("/v1/events", get(event_stream))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(show_node))
+        .route("/v1/nodes/{id}/drain", post(drain_node))
+        .route("/v1/nodes/{id}/reactivate", post(reactivate_node))
+        .route("/v1/frameworks", get(list_frameworks))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(show_task))
+        .route("/v1/tasks/{id}/kill", post(kill_task))
+        .route("/v1/run", post(run_task))
+        .with_state(state)
+}
+
+async fn version() -> Response {
+    json(&serde_json::json!({ "name": "atoll", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.master.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn cluster_state(State(state): State<ApiState>) -> ApiResult<Response> {
+    Ok(json(&state.master.state().await?))
+}
+
+async fn list_nodes(State(state): State<ApiState>) -> ApiResult<Response> {
+    Ok(json(&state.master.state().await?.agents))
+}
+
+async fn show_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let agents = state.master.state().await?.agents;
+    let agent = agents
+        .into_iter()
+        .find(|a| a.id.as_str() == id || a.hostname == id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown agent `{id}`")))?;
+    Ok(json(&agent))
+}
+
+async fn drain_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(json(&state.master.drain(AgentId(id)).await?))
+}
+
+async fn reactivate_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(json(&state.master.reactivate(AgentId(id)).await?))
+}
+
+async fn list_frameworks(State(state): State<ApiState>) -> ApiResult<Response> {
+    Ok(json(&state.master.state().await?.frameworks))
+}
+
+async fn list_tasks(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let mut wanted_state = None;
+    let mut framework = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "state" => {
+                wanted_state = Some(
+                    TaskState::from_name(value)
+                        .ok_or_else(|| ApiError::bad_request(format!("state: `{value}` is not a task state")))?,
+                )
+            }
+            "framework_id" => framework = Some(value.clone()),
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
+        }
+    }
+    let tasks: Vec<_> = state
+        .master
+        .state()
+        .await?
+        .tasks
+        .into_iter()
+        .filter(|t| wanted_state.is_none_or(|s| t.state == s))
+        .filter(|t| framework.as_deref().is_none_or(|f| t.framework_id.as_str() == f))
+        .collect();
+    Ok(json(&tasks))
+}
+
+async fn show_task(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(json(&state.master.find_task(TaskId(id)).await?))
+}
+
+async fn kill_task(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok((StatusCode::ACCEPTED, axum::Json(state.master.kill_task(TaskId(id)).await?)).into_response())
+}
+
+async fn run_task(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
+    let request: RunRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    let accepted = state.run.run(request).await?;
+    Ok((StatusCode::CREATED, axum::Json(accepted)).into_response())
+}
+
+/// `GET /v1/events?since=N` as Server-Sent Events: `id:` is the event index (the snapshot's
+/// index for a snapshot), `event:` the message type, `data:` its JSON. A reconnecting
+/// client's `Last-Event-ID` takes the place of `since`.
+async fn event_stream(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let mut since = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "since" => {
+                since = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("since: `{value}` is not an event index (a non-negative integer)"))
+                })?)
+            }
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
+        }
+    }
+    if let Some(last) = headers.get("last-event-id") {
+        let text = last.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID: not text"))?;
+        since = Some(
+            text.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("Last-Event-ID: `{text}` is not an event index")))?,
+        );
+    }
+    let stream = events::subscribe(state.master.clone(), since).map(|message| Ok(sse_event(&message)));
+    Ok(Sse::new(stream))
+}
+
+fn sse_event(message: &StreamMessage) -> SseEvent {
+    let data = serde_json::to_string(message).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let event = SseEvent::default().data(data);
+    match message {
+        StreamMessage::Snapshot { state } => event.event("SNAPSHOT").id(state.index.to_string()),
+        StreamMessage::Event { event: e } => event.event(e.kind.name()).id(e.index.to_string()),
+        StreamMessage::FellBehind { .. } => event.event("FELL_BEHIND"),
+        StreamMessage::Heartbeat => event.event("HEARTBEAT"),
+    }
+}
