@@ -810,7 +810,7 @@ impl Agent {
             if let Err(e) = process::wait_exit(pidfd).await {
                 // Cannot happen with a working epoll; polling /proc keeps the task accounted for.
                 tracing::warn!(run = %run, "cannot watch the executor ({e}); polling instead");
-                while executor.as_ref().is_some_and(process::is_alive) {
+                while executor.as_ref().is_some_and(|e| !process::has_exited(e)) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -50,13 +50,13 @@ pub fn collect(
     removed
 }
 
-/// The used fraction of the filesystem holding `path`, as `df` shows it to unprivileged users.
+/// The used fraction of the filesystem holding `path`, computed as `df` does (used over used
+/// plus available), so blocks reserved for root do not count as used.
 pub fn disk_usage(path: &Path) -> Option<f64> {
     let stat = rustix::fs::statvfs(path).ok()?;
-    if stat.f_blocks == 0 {
-        return None;
-    }
-    Some(1.0 - stat.f_bavail as f64 / stat.f_blocks as f64)
+    let used = stat.f_blocks.saturating_sub(stat.f_bfree);
+    let usable = used + stat.f_bavail;
+    (usable > 0).then(|| used as f64 / usable as f64)
 }
 
 /// Deletes a sandbox and then its task and framework directories if that left them empty.

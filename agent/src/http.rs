@@ -128,11 +128,13 @@ async fn logs(
         return Err(HttpError::Read { path, source: e });
     }
     let tail = Tail { api, target, path, offset: query.offset, follow: query.follow, file: None, terminal: false };
-    let stream = futures::stream::unfold(tail, |mut tail| async move {
+    // The state is `None` after an error, which ends the body right after reporting it.
+    let stream = futures::stream::unfold(Some(tail), |state| async move {
+        let mut tail = state?;
         match tail.next_chunk().await {
-            Ok(Some(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), tail)),
+            Ok(Some(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), Some(tail))),
             Ok(None) => None,
-            Err(e) => Some((Err(e), Tail { follow: false, terminal: true, ..tail })),
+            Err(e) => Some((Err(e), None)),
         }
     });
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(stream)).into_response())

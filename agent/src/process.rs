@@ -64,6 +64,19 @@ pub fn is_alive(process: &ProcessRef) -> bool {
     start_time(process.pid) == Some(process.start_time)
 }
 
+/// Whether `process` is gone or a zombie; a zombie that is our child is reaped on the way.
+pub fn has_exited(process: &ProcessRef) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", process.pid)) else { return true };
+    if parse_start_time(&stat) != Some(process.start_time) {
+        return true;
+    }
+    let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+    if zombie && let Some(pid) = pid_of(process.pid) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+    }
+    zombie
+}
+
 fn pid_of(raw: u32) -> Option<Pid> {
     i32::try_from(raw).ok().and_then(Pid::from_raw)
 }
@@ -281,5 +294,20 @@ mod tests {
             .expect("exit in time")
             .expect("wait");
         assert!(!is_alive(&process), "reaped, so no zombie is left");
+        assert!(has_exited(&process));
+
+        // Without a pidfd watcher: a zombie child counts as exited and gets reaped.
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let sleeper = process_ref(child.id()).expect("sleep runs");
+        assert!(!has_exited(&sleeper));
+        child.kill().expect("kill");
+        let start = std::time::Instant::now();
+        while !has_exited(&sleeper) {
+            assert!(start.elapsed() < Duration::from_secs(10), "sleep never exited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!is_alive(&sleeper), "the zombie was reaped");
+        // Already reaped above: this only tells std (and clippy) the child is dealt with.
+        assert!(child.wait().is_err(), "ECHILD");
     }
 }

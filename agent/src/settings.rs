@@ -469,6 +469,21 @@ mod tests {
     }
 
     #[test]
+    fn config_files_are_read_and_their_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "master = \"http://10.0.0.1:5050\"\nsandbox-gc-age = \"2d\"\n").expect("write");
+        let settings = AgentSettings::from_file(&path).expect("read");
+        assert_eq!(settings.master.as_deref(), Some("http://10.0.0.1:5050"));
+        assert_eq!(settings.sandbox_gc_age, Some(Duration::from_secs(2 * 86_400)));
+        std::fs::write(&path, "default-kill-grace = \"soon\"\n").expect("write");
+        let err = AgentSettings::from_file(&path).expect_err("bad duration").to_string();
+        assert!(err.contains("agent.toml") && err.contains("default-kill-grace"), "{err}");
+        let missing = AgentSettings::from_file(&dir.path().join("nope.toml")).expect_err("missing").to_string();
+        assert!(missing.contains("nope.toml"), "{missing}");
+    }
+
+    #[test]
     fn cgroup_root_hash_is_stable() {
         assert_eq!(
             default_cgroup_root(Path::new("/var/lib/atoll/agent")),
