@@ -14,6 +14,8 @@ struct Framework {
     events: Streaming<spb::Event>,
     id: pb::FrameworkId,
     stream_id: String,
+    /// Offers that arrived while waiting for something else.
+    offers: Vec<pb::Offer>,
 }
 
 impl Framework {
@@ -40,7 +42,7 @@ impl Framework {
         assert_eq!(first.r#type, spb::event::Type::Subscribed as i32);
         let subscribed = first.subscribed.unwrap();
         assert_eq!(subscribed.stream_id, header);
-        Framework { client, events, id: subscribed.framework_id.unwrap(), stream_id: header }
+        Framework { client, events, id: subscribed.framework_id.unwrap(), stream_id: header, offers: Vec::new() }
     }
 
     async fn call(&mut self, mut call: spb::Call) -> Result<(), tonic::Status> {
@@ -61,6 +63,9 @@ impl Framework {
     }
 
     async fn next_offers(&mut self) -> Vec<pb::Offer> {
+        if !self.offers.is_empty() {
+            return std::mem::take(&mut self.offers);
+        }
         loop {
             let event = self.next().await;
             if let Some(offers) = event.offers {
@@ -74,6 +79,9 @@ impl Framework {
             let event = self.next().await;
             if let Some(update) = event.update {
                 return update.status.unwrap();
+            }
+            if let Some(offers) = event.offers {
+                self.offers.extend(offers.offers);
             }
         }
     }
