@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/state", get(cluster_state))
         .route("/v1/events", get(event_stream))
         .route("/v1/nodes", get(list_nodes))
@@ -98,6 +99,13 @@ pub fn router(state: ApiState) -> Router {
 
 async fn version() -> Response {
     json(&serde_json::json!({ "name": "atoll", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

@@ -111,3 +111,24 @@ async fn drain_kills_tasks_and_stops_offers_until_reactivated() {
     cluster.run_atoll(&["node", "reactivate", &agent_id], LONG).await.unwrap();
     cluster.wait_task_state(&queued, "TASK_FINISHED", LONG).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
+    let mut cluster = Cluster::start().await.unwrap();
+    let id = cluster.run_detached(&["--", "sleep", "1000"]).await.unwrap();
+    cluster.wait_task_state(&id, "TASK_RUNNING", LONG).await.unwrap();
+    let agent_id = cluster.wait_agent_active().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    // The master runs with 1 s heartbeats: three missed and the agent is unreachable. The
+    // run framework is partition-aware, so its task is TASK_UNREACHABLE, not lost.
+    cluster.kill_agent();
+    cluster.wait_task_state(&id, "TASK_UNREACHABLE", LONG).await.unwrap();
+    let node = cluster.get(&format!("/v1/nodes/{agent_id}")).await.unwrap();
+    assert_eq!(node["state"], "UNREACHABLE", "{node}");
+
+    cluster.start_agent().await.unwrap();
+    let task = cluster.wait_task_state(&id, "TASK_RUNNING", LONG).await.unwrap();
+    assert_eq!(task["agent_id"], agent_id.as_str(), "same agent, same task");
+    let node = cluster.wait_agent_active().await.unwrap();
+    assert_eq!(node["id"], agent_id.as_str());
+}
