@@ -9,8 +9,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, ClusterState, Event, FrameworkId, FrameworkInfo, Task, TaskId, TaskState, TaskStatus,
-    Time,
+    Agent, AgentId, AgentState, ClusterState, Event, FrameworkId, FrameworkInfo, Task, TaskId, TaskStatus, Time,
 };
 use atoll_scheduler_core::master::{
     AgentCommand, AgentRegistration, ConnId, Master, MasterError, Output, SchedulerCall, SchedulerEvent,
@@ -498,7 +497,7 @@ impl Actor {
             return;
         }
         self.last_metrics = Instant::now();
-        let state = self.master.state();
+        let agents = self.master.agent_state_counts();
         self.metrics.agents.clear();
         for s in [
             AgentState::Active,
@@ -508,22 +507,16 @@ impl Actor {
             AgentState::Gone,
             AgentState::Recovered,
         ] {
-            let n = state.agents.iter().filter(|a| a.state == s).count();
+            let n = agents.get(&s).copied().unwrap_or(0);
             self.metrics.agents.get_or_create(&label("state", s.name())).set(n as i64);
         }
         self.metrics.tasks.clear();
-        for s in TaskState::ALL {
-            let n = state.tasks.iter().filter(|t| t.state == s).count();
-            if n > 0 {
-                self.metrics.tasks.get_or_create(&label("state", s.name())).set(n as i64);
-            }
+        for (s, n) in self.master.task_state_counts() {
+            self.metrics.tasks.get_or_create(&label("state", s.name())).set(n as i64);
         }
-        let connected = state.frameworks.iter().filter(|f| f.connected).count();
+        let (connected, disconnected) = self.master.framework_counts();
         self.metrics.frameworks.get_or_create(&label("connected", "true")).set(connected as i64);
-        self.metrics
-            .frameworks
-            .get_or_create(&label("connected", "false"))
-            .set((state.frameworks.len() - connected) as i64);
+        self.metrics.frameworks.get_or_create(&label("connected", "false")).set(disconnected as i64);
         self.metrics.offers_outstanding.set(self.master.outstanding_offers() as i64);
         self.metrics.event_subscribers.set(self.events.receiver_count() as i64);
     }

@@ -235,6 +235,30 @@ impl Master {
         }
     }
 
+    /// How many agents are in each state (for metrics, without copying the state).
+    pub fn agent_state_counts(&self) -> BTreeMap<AgentState, usize> {
+        let mut counts = BTreeMap::new();
+        for entry in self.agents.values() {
+            *counts.entry(entry.view.state).or_default() += 1;
+        }
+        counts
+    }
+
+    /// How many known tasks are in each state.
+    pub fn task_state_counts(&self) -> BTreeMap<TaskState, usize> {
+        let mut counts = BTreeMap::new();
+        for task in self.tasks.values() {
+            *counts.entry(task.state).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Frameworks connected and disconnected.
+    pub fn framework_counts(&self) -> (usize, usize) {
+        let connected = self.frameworks.values().filter(|f| f.view.connected).count();
+        (connected, self.frameworks.len() - connected)
+    }
+
     pub fn outstanding_offers(&self) -> usize {
         self.offers.len()
     }
