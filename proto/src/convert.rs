@@ -63,10 +63,11 @@ pub enum ConvertError {
     Mismatch { field: String, value: String, expected: String },
 }
 
-impl ConvertError {
-    /// The path of the offending field, e.g. `resources[2].scalar`.
-    pub fn field(&self) -> &str {
-        match self {
+/// Every variant carries the path of the offending field; this names it once for both
+/// accessors, so adding a variant cannot leave one of them behind.
+macro_rules! field_of {
+    ($error:expr) => {
+        match $error {
             ConvertError::Missing { field }
             | ConvertError::Empty { field }
             | ConvertError::OutOfRange { field, .. }
@@ -81,32 +82,21 @@ impl ConvertError {
             | ConvertError::BadAddress { field, .. }
             | ConvertError::Mismatch { field, .. } => field,
         }
+    };
+}
+
+impl ConvertError {
+    /// The path of the offending field, e.g. `resources[2].scalar`.
+    pub fn field(&self) -> &str {
+        field_of!(self)
     }
 
     /// Places the error inside `parent`: `scalar` within `resources[2]` is
     /// `resources[2].scalar`, `[2]` within `resources` is `resources[2]`.
     pub fn within(mut self, parent: &str) -> ConvertError {
-        let field = self.field_mut();
+        let field: &mut String = field_of!(&mut self);
         *field = join(parent, field);
         self
-    }
-
-    fn field_mut(&mut self) -> &mut String {
-        match self {
-            ConvertError::Missing { field }
-            | ConvertError::Empty { field }
-            | ConvertError::OutOfRange { field, .. }
-            | ConvertError::InvertedRange { field, .. }
-            | ConvertError::UnknownEnum { field, .. }
-            | ConvertError::Unsupported { field, .. }
-            | ConvertError::Unexpected { field, .. }
-            | ConvertError::KindMismatch { field, .. }
-            | ConvertError::Duplicate { field, .. }
-            | ConvertError::BadUuid { field, .. }
-            | ConvertError::BadIp { field, .. }
-            | ConvertError::BadAddress { field, .. }
-            | ConvertError::Mismatch { field, .. } => field,
-        }
     }
 }
 

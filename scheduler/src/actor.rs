@@ -39,6 +39,14 @@ pub enum ActorError {
 
 type Reply = Box<dyn FnOnce() + Send>;
 
+/// Queues an answer for after the batch is committed.
+fn answer<T: Send + 'static>(replies: &mut Vec<Reply>, reply: oneshot::Sender<T>, value: T) {
+    replies.push(Box::new(move || {
+        // The asker may have given up; nothing to do then.
+        let _ = reply.send(value);
+    }));
+}
+
 enum Command {
     RegisterAgent {
         conn: ConnId,
@@ -310,9 +318,7 @@ impl Actor {
                     // Kept until delivery so a Shutdown can still reach it, then dropped.
                     self.master_outputs_then_forget_agent(conn);
                 }
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::AgentHeartbeat(conn) => {
                 let _ = self.master.agent_heartbeat(conn, now);
@@ -332,51 +338,35 @@ impl Actor {
                 if result.is_err() {
                     self.frameworks.remove(&conn);
                 }
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::FrameworkCall { conn, framework_id, call, reply } => {
                 let result = self.master.framework_call(conn, &framework_id, call, now);
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::FrameworkClosed(conn) => {
                 self.frameworks.remove(&conn);
                 self.master.framework_disconnected(conn, now);
             }
             Command::State(reply) => {
-                let state = self.master.state();
-                // Answered after the batch commits, so it never shows uncommitted state...
-                // but it is taken now, so it may lag the batch by its own events.
-                replies.push(Box::new(move || {
-                    let _ = reply.send(state);
-                }));
+                // Taken now, sent after the batch commits: what it shows is durable.
+                answer(replies, reply, self.master.state());
             }
             Command::Drain { agent_id, reply } => {
                 let result = self.master.drain_agent(&agent_id, now);
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::Reactivate { agent_id, reply } => {
                 let result = self.master.reactivate_agent(&agent_id, now);
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::KillTask { task_id, reply } => {
                 let result = self.master.operator_kill(&task_id, now);
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::FindTask { task_id, reply } => {
                 let result = self.master.find_task(&task_id).cloned();
-                replies.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                answer(replies, reply, result);
             }
             Command::Watch { snapshot, reply } => {
                 // Events of this batch so far are already in the outbox; they are broadcast

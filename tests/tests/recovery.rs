@@ -119,7 +119,7 @@ async fn a_silent_agent_becomes_unreachable_and_its_tasks_come_back_with_it() {
     cluster.wait_task_state(&id, "TASK_RUNNING", LONG).await.unwrap();
     let agent_id = cluster.wait_agent_active().await.unwrap()["id"].as_str().unwrap().to_owned();
 
-    // The master runs with 1 s heartbeats: three missed and the agent is unreachable. The
+    // The master runs with 1 s heartbeats: five missed and the agent is unreachable. The
     // run framework is partition-aware, so its task is TASK_UNREACHABLE, not lost.
     cluster.kill_agent();
     cluster.wait_task_state(&id, "TASK_UNREACHABLE", LONG).await.unwrap();
