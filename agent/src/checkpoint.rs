@@ -300,6 +300,7 @@ mod tests {
                 labels: Labels::default(),
                 discovery: None,
                 kill_grace_period_secs: None,
+                health_check: None,
             },
             run_id: "r1".into(),
             sandbox: sandbox.to_path_buf(),

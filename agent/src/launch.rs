@@ -143,6 +143,7 @@ mod tests {
             labels: Labels::default(),
             discovery: None,
             kill_grace_period_secs: None,
+            health_check: None,
         }
     }
 

@@ -15,8 +15,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{
     self, Agent, AgentInfo, AgentState, AttributeValue, Attributes, Capability, ClusterState, CommandInfo,
-    DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo, Labels, Ranges, Reason,
-    ResourceValue, Resources, Scalar, Source, StreamMessage, Task, TaskInfo, TaskState, TaskStatus, Time,
+    DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo, HealthCheck,
+    HealthCheckKind, Labels, Ranges, Reason, ResourceValue, Resources, Scalar, Source, StreamMessage, Task, TaskInfo,
+    TaskState, TaskStatus, Time,
 };
 use crate::pb::v1 as pb;
 use crate::pb::v1::operator;
@@ -677,7 +678,83 @@ impl From<&TaskInfo> for pb::TaskInfo {
             labels: labels_to_pb(&info.labels),
             discovery: info.discovery.as_ref().map(Into::into),
             kill_policy: kill_policy_to_pb(info.kill_grace_period_secs),
+            health_check: info.health_check.as_ref().map(Into::into),
         }
+    }
+}
+
+impl From<&HealthCheck> for pb::HealthCheck {
+    fn from(check: &HealthCheck) -> Self {
+        use pb::health_check::Type;
+        let mut out = pb::HealthCheck {
+            delay_seconds: Some(check.delay_secs),
+            interval_seconds: Some(check.interval_secs),
+            timeout_seconds: Some(check.timeout_secs),
+            consecutive_failures: Some(check.consecutive_failures),
+            grace_period_seconds: Some(check.grace_period_secs),
+            ..Default::default()
+        };
+        match &check.kind {
+            HealthCheckKind::Http { port, path } => {
+                out.r#type = Type::Http as i32;
+                out.http = Some(pb::health_check::HttpCheckInfo {
+                    scheme: "http".into(),
+                    port: u32::from(*port),
+                    path: path.clone(),
+                });
+            }
+            HealthCheckKind::Tcp { port } => {
+                out.r#type = Type::Tcp as i32;
+                out.tcp = Some(pb::health_check::TcpCheckInfo { port: u32::from(*port) });
+            }
+            HealthCheckKind::Command { command } => {
+                out.r#type = Type::Command as i32;
+                out.command = Some(command.into());
+            }
+        }
+        out
+    }
+}
+
+fn check_port(port: u32, field: &str) -> Result<u16, ConvertError> {
+    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| ConvertError::OutOfRange {
+        field: field.to_owned(),
+        value: port.to_string(),
+        expected: "a port from 1 to 65535",
+    })
+}
+
+impl TryFrom<pb::HealthCheck> for HealthCheck {
+    type Error = ConvertError;
+
+    fn try_from(check: pb::HealthCheck) -> Result<Self, ConvertError> {
+        use pb::health_check::Type;
+        let kind = match enum_value::<Type>(check.r#type, "type")? {
+            Type::Http => {
+                let http = required(check.http, "http")?;
+                if !http.scheme.is_empty() && http.scheme != "http" {
+                    return Err(ConvertError::Unsupported { field: "http.scheme".into(), value: "scheme (only http)" });
+                }
+                let path = if http.path.is_empty() { "/".to_owned() } else { http.path };
+                HealthCheckKind::Http { port: check_port(http.port, "http.port")?, path }
+            }
+            Type::Tcp => HealthCheckKind::Tcp { port: check_port(required(check.tcp, "tcp")?.port, "tcp.port")? },
+            Type::Command => HealthCheckKind::Command { command: required(check.command, "command")?.into() },
+            Type::Unknown => return Err(ConvertError::Missing { field: "type".into() }),
+        };
+        let defaults = HealthCheck::new(kind);
+        let seconds = |value: Option<f64>, default: f64, field: &str| match value {
+            None => Ok(default),
+            Some(v) => non_negative(v, field),
+        };
+        Ok(HealthCheck {
+            delay_secs: seconds(check.delay_seconds, defaults.delay_secs, "delay_seconds")?,
+            interval_secs: seconds(check.interval_seconds, defaults.interval_secs, "interval_seconds")?,
+            timeout_secs: seconds(check.timeout_seconds, defaults.timeout_secs, "timeout_seconds")?,
+            consecutive_failures: check.consecutive_failures.unwrap_or(defaults.consecutive_failures),
+            grace_period_secs: seconds(check.grace_period_seconds, defaults.grace_period_secs, "grace_period_seconds")?,
+            kind: defaults.kind,
+        })
     }
 }
 
@@ -695,6 +772,7 @@ impl TryFrom<pb::TaskInfo> for TaskInfo {
             labels: labels_from_pb(info.labels),
             discovery: convert_optional(info.discovery, "discovery")?,
             kill_grace_period_secs: kill_grace_from_pb(info.kill_policy).map_err(|e| e.within("kill_policy"))?,
+            health_check: convert_optional(info.health_check, "health_check")?,
         })
     }
 }
@@ -786,16 +864,7 @@ fn container_ips(network_infos: Vec<pb::NetworkInfo>) -> Result<Vec<IpAddr>, Con
 
 impl From<&Task> for pb::TaskInfo {
     fn from(task: &Task) -> Self {
-        pb::TaskInfo {
-            name: task.name.clone(),
-            task_id: Some((&task.id).into()),
-            agent_id: Some((&task.agent_id).into()),
-            resources: (&task.resources).into(),
-            command: Some((&task.command).into()),
-            labels: labels_to_pb(&task.labels),
-            discovery: task.discovery.as_ref().map(Into::into),
-            kill_policy: kill_policy_to_pb(task.kill_grace_period_secs),
-        }
+        pb::TaskInfo::from(&task.info())
     }
 }
 
@@ -848,6 +917,7 @@ impl TryFrom<operator::Task> for Task {
             labels: info.labels,
             discovery: info.discovery,
             kill_grace_period_secs: info.kill_grace_period_secs,
+            health_check: info.health_check,
             ports,
             ip_addresses: status.ip_addresses.clone(),
             healthy: status.healthy,
@@ -1329,20 +1399,59 @@ mod tests {
             arb_labels(),
             proptest::option::of(arb_discovery()),
             proptest::option::of((0u32..1_000_000).prop_map(|ms| f64::from(ms) / 1000.0)),
+            proptest::option::of(arb_health_check()),
         )
-            .prop_map(|(name, task_id, agent_id, resources, command, labels, discovery, kill_grace_period_secs)| {
-                TaskInfo {
+            .prop_map(
+                |(
                     name,
-                    task_id: TaskId(task_id),
-                    agent_id: AgentId(agent_id),
+                    task_id,
+                    agent_id,
                     resources,
                     command,
                     labels,
                     discovery,
                     kill_grace_period_secs,
-                }
-            })
+                    health_check,
+                )| {
+                    TaskInfo {
+                        name,
+                        task_id: TaskId(task_id),
+                        agent_id: AgentId(agent_id),
+                        resources,
+                        command,
+                        labels,
+                        discovery,
+                        kill_grace_period_secs,
+                        health_check,
+                    }
+                },
+            )
             .boxed()
+    }
+
+    fn arb_health_check() -> impl Strategy<Value = HealthCheck> {
+        let seconds = (0u32..100_000).prop_map(|ms| f64::from(ms) / 1000.0);
+        (
+            prop_oneof![
+                (1u16.., "/[a-z]{0,8}").prop_map(|(port, path)| HealthCheckKind::Http { port, path }),
+                (1u16..).prop_map(|port| HealthCheckKind::Tcp { port }),
+                arb_command().prop_map(|command| HealthCheckKind::Command { command }),
+            ],
+            (seconds.clone(), seconds.clone(), seconds.clone(), seconds),
+            0u32..10,
+        )
+            .prop_map(
+                |(kind, (delay_secs, interval_secs, timeout_secs, grace_period_secs), consecutive_failures)| {
+                    HealthCheck {
+                        kind,
+                        delay_secs,
+                        interval_secs,
+                        timeout_secs,
+                        consecutive_failures,
+                        grace_period_secs,
+                    }
+                },
+            )
     }
 
     /// Tasks as the master builds them: launched, then given a status.

@@ -396,6 +396,7 @@ fn place(pending: &Pending, offer: &OfferView, left: &Resources) -> Option<TaskI
         labels: pending.labels.clone(),
         discovery: None,
         kill_grace_period_secs: pending.kill_grace_period_secs,
+        health_check: None,
     })
 }
 

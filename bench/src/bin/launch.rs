@@ -114,6 +114,7 @@ fn simulate(target: u64, registry: Option<&Registry>) -> anyhow::Result<Run> {
                                 labels: Labels::default(),
                                 discovery: None,
                                 kill_grace_period_secs: None,
+                                health_check: None,
                             });
                         }
                         let call = SchedulerCall::Accept { offer_ids: vec![offer.id], launches, refuse: None };

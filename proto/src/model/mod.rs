@@ -2,6 +2,7 @@
 
 mod cluster;
 mod event;
+mod health;
 mod ids;
 mod resources;
 mod task;
@@ -9,6 +10,7 @@ mod time;
 
 pub use cluster::*;
 pub use event::*;
+pub use health::*;
 pub use ids::*;
 pub use resources::*;
 pub use task::*;

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AgentId, FrameworkId, Labels, Resources, TaskId, Time};
+use super::{AgentId, FrameworkId, HealthCheck, Labels, Resources, TaskId, Time};
 
 /// Mesos task states, with their Mesos names (`TASK_RUNNING`, …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -334,6 +334,9 @@ pub struct TaskInfo {
     /// Seconds between SIGTERM and SIGKILL when the task is killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_grace_period_secs: Option<f64>,
+    /// Run by the agent next to the task; its verdict is the status's `healthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// A task as the cluster knows it: what was launched, where, and its latest status.
@@ -352,6 +355,8 @@ pub struct Task {
     pub discovery: Option<DiscoveryInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_grace_period_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// Host ports from the task's `ports` resource, lowest first.
     pub ports: Vec<u64>,
     /// The task's own addresses (empty for host networking).
@@ -378,6 +383,7 @@ impl Task {
             labels: info.labels,
             discovery: info.discovery,
             kill_grace_period_secs: info.kill_grace_period_secs,
+            health_check: info.health_check,
             ports,
             ip_addresses: Vec::new(),
             healthy: None,
@@ -407,6 +413,7 @@ impl Task {
             labels: self.labels.clone(),
             discovery: self.discovery.clone(),
             kill_grace_period_secs: self.kill_grace_period_secs,
+            health_check: self.health_check.clone(),
         }
     }
 }

@@ -43,6 +43,7 @@ fn task_info(id: &str, agent: &AgentId, resources: &str) -> TaskInfo {
         labels: Labels::default(),
         discovery: None,
         kill_grace_period_secs: None,
+        health_check: None,
     }
 }
 
