@@ -371,6 +371,14 @@ fn summary(event: &Event) -> String {
             }
             text
         }
+        EventKind::AppUpdated { app } => format!("{} instances={}", app.id, app.definition.instances),
+        EventKind::AppRemoved { app_id } => app_id.to_string(),
+        EventKind::DeploymentUpdated { deployment } => {
+            format!("{} {:?} {}", deployment.id, deployment.action, deployment.app_id)
+        }
+        EventKind::DeploymentFinished { deployment, outcome } => {
+            format!("{} {} {:?}", deployment.id, deployment.app_id, outcome)
+        }
     }
 }
 

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{
-    self, Agent, AgentInfo, AgentState, AttributeValue, Attributes, Capability, ClusterState, CommandInfo,
-    DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo, HealthCheck,
+    self, Agent, AgentInfo, AgentState, App, AppId, AttributeValue, Attributes, Capability, ClusterState, CommandInfo,
+    Deployment, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo, HealthCheck,
     HealthCheckKind, Labels, Ranges, Reason, ResourceValue, Resources, Scalar, Source, StreamMessage, Task, TaskInfo,
     TaskState, TaskStatus, Time,
 };
@@ -62,6 +62,8 @@ pub enum ConvertError {
     BadAddress { field: String, value: String },
     #[error("{field}: `{value}` does not match `{expected}`")]
     Mismatch { field: String, value: String, expected: String },
+    #[error("{field}: {message}")]
+    BadJson { field: String, message: String },
 }
 
 /// Every variant carries the path of the offending field; this names it once for both
@@ -81,7 +83,8 @@ macro_rules! field_of {
             | ConvertError::BadUuid { field, .. }
             | ConvertError::BadIp { field, .. }
             | ConvertError::BadAddress { field, .. }
-            | ConvertError::Mismatch { field, .. } => field,
+            | ConvertError::Mismatch { field, .. }
+            | ConvertError::BadJson { field, .. } => field,
         }
     };
 }
@@ -1148,7 +1151,7 @@ impl TryFrom<operator::Framework> for Framework {
 
 impl From<&Event> for operator::Event {
     fn from(event: &Event) -> Self {
-        use operator::event::{AgentRemoved, FrameworkRemoved, Kind};
+        use operator::event::{AgentRemoved, AppRemoved, DeploymentFinished, FrameworkRemoved, Kind};
         let kind = match &event.kind {
             EventKind::AgentAdded { agent } => Kind::AgentAdded(agent.into()),
             EventKind::AgentUpdated { agent } => Kind::AgentUpdated(agent.into()),
@@ -1162,6 +1165,13 @@ impl From<&Event> for operator::Event {
             }
             EventKind::TaskAdded { task } => Kind::TaskAdded(task.into()),
             EventKind::TaskUpdated { task } => Kind::TaskUpdated(task.into()),
+            EventKind::AppUpdated { app } => Kind::AppUpdated(app.into()),
+            EventKind::AppRemoved { app_id } => Kind::AppRemoved(AppRemoved { app_id: app_id.to_string() }),
+            EventKind::DeploymentUpdated { deployment } => Kind::DeploymentUpdated(deployment.into()),
+            EventKind::DeploymentFinished { deployment, outcome } => Kind::DeploymentFinished(DeploymentFinished {
+                deployment: Some(deployment.into()),
+                outcome: json_text(outcome).trim_matches('"').to_owned(),
+            }),
         };
         operator::Event { index: event.index, timestamp: event.timestamp.as_secs_f64(), kind: Some(kind) }
     }
@@ -1189,6 +1199,18 @@ impl TryFrom<operator::Event> for Event {
             },
             Kind::TaskAdded(task) => EventKind::TaskAdded { task: convert(task, "task_added")? },
             Kind::TaskUpdated(task) => EventKind::TaskUpdated { task: convert(task, "task_updated")? },
+            Kind::AppUpdated(app) => EventKind::AppUpdated { app: convert(app, "app_updated")? },
+            Kind::AppRemoved(removed) => EventKind::AppRemoved {
+                app_id: AppId::parse(&removed.app_id)
+                    .map_err(|message| ConvertError::BadJson { field: "app_removed.app_id".into(), message })?,
+            },
+            Kind::DeploymentUpdated(deployment) => {
+                EventKind::DeploymentUpdated { deployment: convert(deployment, "deployment_updated")? }
+            }
+            Kind::DeploymentFinished(finished) => EventKind::DeploymentFinished {
+                deployment: convert_required(finished.deployment, "deployment_finished.deployment")?,
+                outcome: from_json_text(&format!("\"{}\"", finished.outcome), "deployment_finished.outcome")?,
+            },
         };
         Ok(Event { index: event.index, timestamp: time_from_secs(event.timestamp, "timestamp")?, kind })
     }
@@ -1201,7 +1223,50 @@ impl From<&ClusterState> for operator::State {
             agents: state.agents.iter().map(Into::into).collect(),
             frameworks: state.frameworks.iter().map(Into::into).collect(),
             tasks: state.tasks.iter().map(Into::into).collect(),
+            apps: state.apps.iter().map(Into::into).collect(),
+            deployments: state.deployments.iter().map(Into::into).collect(),
         }
+    }
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    // The model's serde forms are plain data: serializing them cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn from_json_text<T: serde::de::DeserializeOwned>(text: &str, field: &str) -> Result<T, ConvertError> {
+    serde_json::from_str(text).map_err(|e| ConvertError::BadJson { field: field.to_owned(), message: e.to_string() })
+}
+
+impl From<&App> for operator::App {
+    fn from(app: &App) -> Self {
+        operator::App { id: app.id.to_string(), json: json_text(app) }
+    }
+}
+
+impl TryFrom<operator::App> for App {
+    type Error = ConvertError;
+
+    fn try_from(app: operator::App) -> Result<Self, ConvertError> {
+        from_json_text(&app.json, "json")
+    }
+}
+
+impl From<&Deployment> for operator::Deployment {
+    fn from(deployment: &Deployment) -> Self {
+        operator::Deployment {
+            id: deployment.id.clone(),
+            app_id: deployment.app_id.to_string(),
+            json: json_text(deployment),
+        }
+    }
+}
+
+impl TryFrom<operator::Deployment> for Deployment {
+    type Error = ConvertError;
+
+    fn try_from(deployment: operator::Deployment) -> Result<Self, ConvertError> {
+        from_json_text(&deployment.json, "json")
     }
 }
 
@@ -1214,6 +1279,8 @@ impl TryFrom<operator::State> for ClusterState {
             agents: convert_each(state.agents, "agents")?,
             frameworks: convert_each(state.frameworks, "frameworks")?,
             tasks: convert_each(state.tasks, "tasks")?,
+            apps: convert_each(state.apps, "apps")?,
+            deployments: convert_each(state.deployments, "deployments")?,
         })
     }
 }
@@ -1615,7 +1682,7 @@ mod tests {
 
         #[test]
         fn stream_message_round_trip(event in arb_event(), task in arb_task(), agent in arb_agent()) {
-            let mut state = ClusterState { index: 7, agents: vec![agent], frameworks: Vec::new(), tasks: vec![task] };
+            let mut state = ClusterState { index: 7, agents: vec![agent], tasks: vec![task], ..ClusterState::default() };
             state.apply(&event);
             for message in [
                 StreamMessage::Snapshot { state },

@@ -44,7 +44,8 @@ pub fn status_from_actor(error: ActorError) -> Status {
                 MasterError::RoleChange { .. }
                 | MasterError::EmptyFrameworkName
                 | MasterError::AmbiguousTask(..)
-                | MasterError::BadAgentInfo(_) => Status::invalid_argument(message),
+                | MasterError::BadAgentInfo(_)
+                | MasterError::NotRecordable(_) => Status::invalid_argument(message),
             }
         }
     }

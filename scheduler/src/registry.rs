@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use atoll_proto::model::{Agent, Event, EventKind, Framework, FrameworkId, Task, TaskId};
+use atoll_proto::model::{Agent, App, Deployment, Event, EventKind, Framework, FrameworkId, Task, TaskId};
 use atoll_scheduler_core::master::Recovered;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -15,6 +15,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("frameworks");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Bumped when the stored shapes change incompatibly; an older binary refuses a newer store.
@@ -89,6 +91,8 @@ impl Registry {
             txn.open_table(AGENTS).map_err(storage)?;
             txn.open_table(FRAMEWORKS).map_err(storage)?;
             txn.open_table(TASKS).map_err(storage)?;
+            txn.open_table(APPS).map_err(storage)?;
+            txn.open_table(DEPLOYMENTS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         Ok(registry)
@@ -115,6 +119,14 @@ impl Registry {
             let (k, v) = row.map_err(storage)?;
             recovered.tasks.push(decode::<Task>(k.value(), v.value())?);
         }
+        for row in txn.open_table(APPS).map_err(storage)?.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            recovered.apps.push(decode::<App>(k.value(), v.value())?);
+        }
+        for row in txn.open_table(DEPLOYMENTS).map_err(storage)?.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            recovered.deployments.push(decode::<Deployment>(k.value(), v.value())?);
+        }
         Ok(recovered)
     }
 
@@ -129,6 +141,8 @@ impl Registry {
             let mut agents = txn.open_table(AGENTS).map_err(storage)?;
             let mut frameworks = txn.open_table(FRAMEWORKS).map_err(storage)?;
             let mut tasks = txn.open_table(TASKS).map_err(storage)?;
+            let mut apps = txn.open_table(APPS).map_err(storage)?;
+            let mut deployments = txn.open_table(DEPLOYMENTS).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
             let mut last = None;
             for event in &batch.events {
@@ -155,6 +169,20 @@ impl Registry {
                         tasks
                             .insert(task_key(&task.framework_id, &task.id).as_str(), bytes.as_slice())
                             .map_err(storage)?;
+                    }
+                    EventKind::AppUpdated { app } => {
+                        let bytes = serde_json::to_vec(app).map_err(storage)?;
+                        apps.insert(app.id.as_str(), bytes.as_slice()).map_err(storage)?;
+                    }
+                    EventKind::AppRemoved { app_id } => {
+                        apps.remove(app_id.as_str()).map_err(storage)?;
+                    }
+                    EventKind::DeploymentUpdated { deployment } => {
+                        let bytes = serde_json::to_vec(deployment).map_err(storage)?;
+                        deployments.insert(deployment.id.as_str(), bytes.as_slice()).map_err(storage)?;
+                    }
+                    EventKind::DeploymentFinished { deployment, .. } => {
+                        deployments.remove(deployment.id.as_str()).map_err(storage)?;
                     }
                 }
             }

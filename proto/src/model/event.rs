@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentId, Framework, FrameworkId, Task, Time};
+use super::{Agent, AgentId, App, AppId, Deployment, DeploymentOutcome, Framework, FrameworkId, Task, Time};
 
 /// One change of cluster state, with its place in the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,14 +18,45 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventKind {
-    AgentAdded { agent: Agent },
-    AgentUpdated { agent: Agent },
-    AgentRemoved { agent_id: AgentId },
-    FrameworkAdded { framework: Framework },
-    FrameworkUpdated { framework: Framework },
-    FrameworkRemoved { framework_id: FrameworkId },
-    TaskAdded { task: Task },
-    TaskUpdated { task: Task },
+    AgentAdded {
+        agent: Agent,
+    },
+    AgentUpdated {
+        agent: Agent,
+    },
+    AgentRemoved {
+        agent_id: AgentId,
+    },
+    FrameworkAdded {
+        framework: Framework,
+    },
+    FrameworkUpdated {
+        framework: Framework,
+    },
+    FrameworkRemoved {
+        framework_id: FrameworkId,
+    },
+    TaskAdded {
+        task: Task,
+    },
+    TaskUpdated {
+        task: Task,
+    },
+    /// An app was created or changed (a new version, or a new instance count).
+    AppUpdated {
+        app: App,
+    },
+    AppRemoved {
+        app_id: AppId,
+    },
+    /// A deployment started or changed.
+    DeploymentUpdated {
+        deployment: Deployment,
+    },
+    DeploymentFinished {
+        deployment: Deployment,
+        outcome: DeploymentOutcome,
+    },
 }
 
 impl EventKind {
@@ -40,6 +71,10 @@ impl EventKind {
             EventKind::FrameworkRemoved { .. } => "FRAMEWORK_REMOVED",
             EventKind::TaskAdded { .. } => "TASK_ADDED",
             EventKind::TaskUpdated { .. } => "TASK_UPDATED",
+            EventKind::AppUpdated { .. } => "APP_UPDATED",
+            EventKind::AppRemoved { .. } => "APP_REMOVED",
+            EventKind::DeploymentUpdated { .. } => "DEPLOYMENT_UPDATED",
+            EventKind::DeploymentFinished { .. } => "DEPLOYMENT_FINISHED",
         }
     }
 }
@@ -51,6 +86,10 @@ pub struct ClusterState {
     pub agents: Vec<Agent>,
     pub frameworks: Vec<Framework>,
     pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub apps: Vec<App>,
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
 }
 
 impl ClusterState {
@@ -69,6 +108,12 @@ impl ClusterState {
             EventKind::TaskAdded { task } | EventKind::TaskUpdated { task } => {
                 upsert(&mut self.tasks, task.clone(), |t| t.id == task.id && t.framework_id == task.framework_id)
             }
+            EventKind::AppUpdated { app } => upsert(&mut self.apps, app.clone(), |a| a.id == app.id),
+            EventKind::AppRemoved { app_id } => self.apps.retain(|a| &a.id != app_id),
+            EventKind::DeploymentUpdated { deployment } => {
+                upsert(&mut self.deployments, deployment.clone(), |d| d.id == deployment.id)
+            }
+            EventKind::DeploymentFinished { deployment, .. } => self.deployments.retain(|d| d.id != deployment.id),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The typed domain model shared by every Atoll crate.
 
+mod app;
 mod cluster;
 mod event;
 mod health;
@@ -8,6 +9,7 @@ mod resources;
 mod task;
 mod time;
 
+pub use app::*;
 pub use cluster::*;
 pub use event::*;
 pub use health::*;

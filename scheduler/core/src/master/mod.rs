@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, Capability, ClusterState, Event, EventKind, Framework, FrameworkId, FrameworkInfo,
-    OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo, TaskState, TaskStatus, Time,
+    Agent, AgentId, AgentState, App, AppId, Capability, ClusterState, Deployment, Event, EventKind, Framework,
+    FrameworkId, FrameworkInfo, OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo, TaskState, TaskStatus,
+    Time,
 };
 
 use crate::allocator::{Allocation, Allocator};
@@ -54,6 +55,8 @@ pub struct Recovered {
     pub agents: Vec<Agent>,
     pub frameworks: Vec<Framework>,
     pub tasks: Vec<Task>,
+    pub apps: Vec<App>,
+    pub deployments: Vec<Deployment>,
 }
 
 /// The master's whole domain state. One owner (the shell's master task) drives it.
@@ -69,6 +72,10 @@ pub struct Master {
     /// Terminal tasks per framework, oldest first, for the retention window.
     completed: BTreeMap<FrameworkId, VecDeque<TaskId>>,
     offers: BTreeMap<OfferId, Offer>,
+    /// Kept for the built-in services framework, which owns their meaning; the master keeps
+    /// them in its log and registry so they are durable and everyone sees them.
+    apps: BTreeMap<AppId, App>,
+    deployments: BTreeMap<String, Deployment>,
     removed_frameworks: BTreeSet<FrameworkId>,
     /// Kills asked for while the task's agent was away, sent when it re-registers.
     pending_kills: BTreeMap<TaskKey, Option<f64>>,
@@ -104,6 +111,8 @@ impl Master {
             tasks: BTreeMap::new(),
             completed: BTreeMap::new(),
             offers: BTreeMap::new(),
+            apps: registry.apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            deployments: registry.deployments.into_iter().map(|d| (d.id.clone(), d)).collect(),
             removed_frameworks: BTreeSet::new(),
             pending_kills: BTreeMap::new(),
             allocator,
@@ -195,7 +204,39 @@ impl Master {
             agents: self.agents.keys().filter_map(|id| self.agent(id)).collect(),
             frameworks: self.frameworks.values().map(|f| f.view.clone()).collect(),
             tasks: self.tasks.values().cloned().collect(),
+            apps: self.apps.values().cloned().collect(),
+            deployments: self.deployments.values().cloned().collect(),
         }
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &App> {
+        self.apps.values()
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values()
+    }
+
+    /// Records a change of an app or deployment (made by the services framework, which owns
+    /// their meaning) in the event log. Other kinds of events are the master's own.
+    pub fn record(&mut self, kind: EventKind, now: Time) -> Result<(), MasterError> {
+        match &kind {
+            EventKind::AppUpdated { app } => {
+                self.apps.insert(app.id.clone(), app.clone());
+            }
+            EventKind::AppRemoved { app_id } => {
+                self.apps.remove(app_id);
+            }
+            EventKind::DeploymentUpdated { deployment } => {
+                self.deployments.insert(deployment.id.clone(), deployment.clone());
+            }
+            EventKind::DeploymentFinished { deployment, .. } => {
+                self.deployments.remove(&deployment.id);
+            }
+            other => return Err(MasterError::NotRecordable(other.name())),
+        }
+        self.emit(now, kind);
+        Ok(())
     }
 
     pub fn agent(&self, id: &AgentId) -> Option<Agent> {

@@ -546,6 +546,7 @@ fn recovery_keeps_tasks_and_waits_for_agents() {
         agents: state.agents.clone(),
         frameworks: state.frameworks.clone(),
         tasks: state.tasks.clone(),
+        ..Recovered::default()
     };
     let mut master = Master::recover(MasterConfig::default(), "run2", registry, t(10.0));
     let events = master.take_outputs();

@@ -214,6 +214,8 @@ pub enum MasterError {
     AgentNotRegistered,
     #[error("agent_info: {0}")]
     BadAgentInfo(String),
+    #[error("{0} events are the master's own; only app and deployment changes are recorded")]
+    NotRecordable(&'static str),
 }
 
 /// An agent's registration request.
