@@ -1,6 +1,6 @@
 //! Test fixtures: a fake master (a real tonic `AgentRegistry` server the test drives), an agent
-//! running in the test's runtime, and a guard that kills and removes whatever a test's agent
-//! left behind, also when the test panics.
+//! running in the test's runtime, a guard that kills and removes whatever a test's agent left
+//! behind, also when the test panics, and [`Scenario`], which puts the three together.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,12 +23,12 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub const AGENT_ID: &str = "agent-test-1";
 pub const FRAMEWORK: &str = "fw-1";
 
-pub fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 /// Root-only tests must not pass silently when they did not run.
-pub fn require_root(test: &str) -> bool {
+fn require_root(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
@@ -37,6 +37,124 @@ pub fn require_root(test: &str) -> bool {
         return false;
     }
     panic!("{test} needs root (cgroups); set ATOLL_ALLOW_UNPRIVILEGED_SKIP=1 to skip it");
+}
+
+/// How a test's agent is set up; [`Scenario::run`] runs the test against it.
+#[derive(Default)]
+pub struct Scenario {
+    root_only: Option<&'static str>,
+    configure: Option<fn(&mut AgentOptions)>,
+}
+
+/// Runs `body` against a fresh agent registered with a fake master (see [`Scenario::run`]).
+pub fn with_agent(body: impl AsyncFnOnce(&mut Scene<'_>)) {
+    Scenario::default().run(body);
+}
+
+impl Scenario {
+    /// `test` needs root (cgroups): without it, it fails unless `ATOLL_ALLOW_UNPRIVILEGED_SKIP=1`,
+    /// which skips it.
+    pub fn needs_root(self, test: &'static str) -> Scenario {
+        Scenario { root_only: Some(test), ..self }
+    }
+
+    /// Adjusts the agent's options before it starts.
+    pub fn options(self, configure: fn(&mut AgentOptions)) -> Scenario {
+        Scenario { configure: Some(configure), ..self }
+    }
+
+    /// Starts a fake master and an agent, accepts the agent as [`AGENT_ID`], runs `body` and
+    /// stops the agent (leaving tasks) unless `body` stopped it. The [`TestEnv`] outlives the
+    /// runtime, so it cleans up after the agent's tasks are gone, also when `body` panics.
+    pub fn run(self, body: impl AsyncFnOnce(&mut Scene<'_>)) {
+        if let Some(test) = self.root_only
+            && !require_root(test)
+        {
+            return;
+        }
+        let env = TestEnv::new();
+        let rt = runtime();
+        rt.block_on(async {
+            let mut master = FakeMaster::start().await;
+            let mut options = env.options(&master.url);
+            if let Some(configure) = self.configure {
+                configure(&mut options);
+            }
+            let agent = TestAgent::start(options.clone());
+            let register = master.accept(AGENT_ID).await;
+            let base = http_base(&register);
+            let mut scene = Scene { env: &env, master, options, agent, register, base };
+            body(&mut scene).await;
+            scene.agent.stop(StopMode::LeaveTasks).await;
+        });
+    }
+}
+
+/// What a [`Scenario`] hands its test: the env, the fake master and the current agent.
+pub struct Scene<'e> {
+    pub env: &'e TestEnv,
+    pub master: FakeMaster,
+    /// What the agent runs with; [`Scene::start_agent`] starts the next one with these.
+    pub options: AgentOptions,
+    pub agent: TestAgent,
+    /// The latest registration accepted through the scene, and the agent's HTTP address from it.
+    pub register: apb::Register,
+    pub base: String,
+}
+
+impl Scene<'_> {
+    /// Starts a new agent (the previous one must have stopped) without answering its registration.
+    pub fn start_agent(&mut self) {
+        self.agent = TestAgent::start(self.options.clone());
+    }
+
+    /// Starts a new agent and accepts it as [`AGENT_ID`].
+    pub async fn restart_agent(&mut self) -> &apb::Register {
+        self.start_agent();
+        self.register = self.master.accept(AGENT_ID).await;
+        self.base = http_base(&self.register);
+        &self.register
+    }
+
+    /// Stops the agent, killing its tasks, and checks that no cgroup of the test is left.
+    pub async fn stop_killing_tasks(&mut self) {
+        self.agent.stop(StopMode::KillTasks).await;
+        self.env.assert_no_cgroups();
+    }
+
+    /// The pid of `task`'s process, once the agent's API shows one.
+    pub async fn task_pid(&self, task: &str) -> u32 {
+        let start = Instant::now();
+        loop {
+            let state = get_json(&format!("{}/v1/state", self.base)).await;
+            let pid = state["tasks"].as_array().and_then(|tasks| {
+                tasks.iter().find(|t| t["id"] == task).and_then(|t| t["pid"].as_u64()).map(|p| p as u32)
+            });
+            if let Some(pid) = pid {
+                return pid;
+            }
+            assert!(start.elapsed() < WAIT, "timed out waiting for the pid of {task}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Launches `task`, waits until it runs and returns the pid of its process.
+    pub async fn start_task(&mut self, task: &TaskInfo) -> u32 {
+        self.master.launch_until(task, TaskState::Running).await;
+        self.task_pid(task.task_id.as_str()).await
+    }
+
+    /// [`Scene::start_task`], then waits (as `what`) until the task printed `ready`.
+    pub async fn start_until_ready(&mut self, task: &TaskInfo, what: &str) -> u32 {
+        let pid = self.start_task(task).await;
+        let stdout = sandbox_of(&self.env.data_dir(), task.task_id.as_str()).join("stdout");
+        eventually(what, || {
+            let stdout = stdout.clone();
+            async move { std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready")) }
+        })
+        .await;
+        pid
+    }
 }
 
 /// A test's data dir and settings. Dropped last in every test (declare it before the runtime):
@@ -78,6 +196,11 @@ impl TestEnv {
     /// Cgroup directories of this test still present in any hierarchy.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
         cgroup_mounts().into_iter().map(|m| m.join(&self.cgroup_root)).filter(|p| p.exists()).collect()
+    }
+
+    #[track_caller]
+    pub fn assert_no_cgroups(&self) {
+        assert_eq!(self.leftover_cgroups(), Vec::<PathBuf>::new());
     }
 }
 
@@ -255,11 +378,16 @@ impl FakeMaster {
     /// Waits for a registration and accepts it with `agent_id`.
     pub async fn accept(&mut self, agent_id: &str) -> apb::Register {
         let register = self.expect_register().await;
+        self.registered(agent_id);
+        register
+    }
+
+    /// Tells the agent it is registered as `agent_id`.
+    pub fn registered(&self, agent_id: &str) {
         self.send(ToAgent::Registered(apb::Registered {
             agent_id: Some(pb::AgentId { value: agent_id.into() }),
             heartbeat_interval_seconds: 1.0,
         }));
-        register
     }
 
     pub fn send(&self, message: ToAgent) {
@@ -319,6 +447,18 @@ impl FakeMaster {
         }
     }
 
+    /// Launches `task` and acknowledges its updates until one in `state` arrives.
+    pub async fn launch_until(&mut self, task: &TaskInfo, state: TaskState) -> TaskStatus {
+        self.send(launch(task));
+        self.until_state(task.task_id.as_str(), state).await
+    }
+
+    /// Kills `task` and acknowledges its updates until one in `state` arrives.
+    pub async fn kill_until(&mut self, task: &str, grace_secs: Option<f64>, state: TaskState) -> TaskStatus {
+        self.send(kill(task, grace_secs));
+        self.until_state(task, state).await
+    }
+
     /// States received for `task`, in order, duplicates (resends) removed.
     pub fn states_of(&self, task: &str) -> Vec<TaskState> {
         let mut seen = Vec::new();
@@ -337,6 +477,11 @@ fn summary(statuses: &[TaskStatus]) -> Vec<String> {
     statuses.iter().map(|s| format!("{} {} {:?}", s.task_id, s.state, s.message)).collect()
 }
 
+/// A task that sleeps for five minutes.
+pub fn sleeping(task_id: &str, resources: &str, grace_secs: Option<f64>) -> TaskInfo {
+    task_info(task_id, CommandInfo::argv(vec!["sleep".into(), "300".into()]), resources, grace_secs)
+}
+
 pub fn task_info(task_id: &str, command: CommandInfo, resources: &str, grace_secs: Option<f64>) -> TaskInfo {
     TaskInfo {
         name: task_id.into(),
@@ -347,6 +492,7 @@ pub fn task_info(task_id: &str, command: CommandInfo, resources: &str, grace_sec
         labels: Labels::default(),
         discovery: None,
         kill_grace_period_secs: grace_secs,
+        health_check: None,
     }
 }
 
@@ -394,6 +540,11 @@ pub fn is_running(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// The checkpoint (`task.json`) in a run's sandbox, if it is there and parses.
+pub fn checkpoint(sandbox: &Path) -> Option<serde_json::Value> {
+    std::fs::read(sandbox.join("task.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// The sandbox of the newest run of `task` under the data dir.

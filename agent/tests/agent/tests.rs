@@ -1,10 +1,10 @@
-//! The scenarios. Each test owns a [`TestEnv`] (declared before its runtime, so it is dropped
-//! last and cleans up even after a panic), a fake master and one or more agents.
+//! The scenarios. Each runs in a [`Scenario`]: its own [`TestEnv`] (dropped after the runtime, so
+//! it cleans up even after a panic), a fake master and one or more agents in turn.
 
 use std::time::Duration;
 
 use atoll_agent::StopMode;
-use atoll_proto::model::{CommandInfo, Reason, TaskState};
+use atoll_proto::model::{CommandInfo, Reason, TaskInfo, TaskState};
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
 
@@ -32,35 +32,21 @@ fn shell(line: &str) -> CommandInfo {
     CommandInfo::shell(line)
 }
 
-async fn task_pid(base: &str, task: &str) -> Option<u32> {
-    let state = get_json(&format!("{base}/v1/state")).await;
-    state["tasks"].as_array()?.iter().find(|t| t["id"] == task).and_then(|t| t["pid"].as_u64()).map(|p| p as u32)
-}
-
-async fn wait_task_pid(base: &str, task: &str) -> u32 {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(pid) = task_pid(base, task).await {
-            return pid;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for the pid of {task}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Ignores SIGTERM, as do its children, and says `ready` once the trap is installed: only the
+/// SIGKILL after the grace period ends it.
+fn stubborn(grace_secs: f64) -> TaskInfo {
+    task_info("stubborn", shell("trap '' TERM; echo ready; while :; do sleep 1; done"), "cpus:0.1", Some(grace_secs))
 }
 
 fn task_exit_codes_logs_and_api() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        let register = master.accept(AGENT_ID).await;
+    with_agent(async |s| {
+        let register = &s.register;
         assert!(register.tasks.is_empty());
         let info = register.info.clone().expect("info");
         assert_eq!(info.hostname, "test-node");
         assert!(info.id.is_none(), "a new agent has no id yet");
         assert!(info.address.starts_with("127.0.0.1:"), "{}", info.address);
-        let base = http_base(&register);
+        let base = s.base.clone();
 
         let ok = task_info(
             "ok",
@@ -68,13 +54,12 @@ fn task_exit_codes_logs_and_api() {
             "cpus:0.1;mem:64;ports:[31005-31006]",
             None,
         );
-        master.send(launch(&ok));
-        let running = master.until_state("ok", TaskState::Running).await;
+        let running = s.master.launch_until(&ok, TaskState::Running).await;
         assert!(running.executor_pid.is_some(), "{running:?}");
         assert_eq!(running.agent_id.as_ref().map(|a| a.as_str()), Some(AGENT_ID));
-        let finished = master.until_state("ok", TaskState::Finished).await;
+        let finished = s.master.until_state("ok", TaskState::Finished).await;
         assert_eq!(finished.exit_code, Some(0));
-        assert_eq!(master.states_of("ok"), [TaskState::Starting, TaskState::Running, TaskState::Finished]);
+        assert_eq!(s.master.states_of("ok"), [TaskState::Starting, TaskState::Running, TaskState::Finished]);
 
         let stdout =
             reqwest::get(format!("{base}/v1/tasks/ok/logs/stdout")).await.expect("GET").text().await.expect("body");
@@ -95,8 +80,7 @@ fn task_exit_codes_logs_and_api() {
             "cpus:0.1",
             None,
         );
-        master.send(launch(&fail));
-        let failed = master.until_state("fail", TaskState::Failed).await;
+        let failed = s.master.launch_until(&fail, TaskState::Failed).await;
         assert_eq!(failed.exit_code, Some(3));
         assert_eq!(failed.message.as_deref(), Some("Command exited with status 3"));
         assert_eq!(failed.reason, None);
@@ -130,129 +114,77 @@ fn task_exit_codes_logs_and_api() {
         assert_eq!(state["hostname"], "test-node");
         assert_eq!(state["connected"], true);
         assert_eq!(state["resources"]["cpus"], 2.0);
-        agent.stop(StopMode::LeaveTasks).await;
     });
 }
 
 fn kill_escalates_to_sigkill() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
-
-        // Ignores SIGTERM, as do its children: only the SIGKILL after the grace period ends it.
-        let stubborn =
-            task_info("stubborn", shell("trap '' TERM; echo ready; while :; do sleep 1; done"), "cpus:0.1", Some(1.0));
-        // A duplicate launch of a live task is ignored.
-        master.send(launch(&stubborn));
-        master.send(launch(&stubborn));
-        master.until_state("stubborn", TaskState::Running).await;
-        let pid = wait_task_pid(&base, "stubborn").await;
-        let stdout = sandbox_of(&env.data_dir(), "stubborn").join("stdout");
-        eventually("the trap to be installed", || {
-            let stdout = stdout.clone();
-            async move { std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready")) }
-        })
-        .await;
-        master.send(kill("stubborn", None));
-        master.until_state("stubborn", TaskState::Killing).await;
-        let killed = master.until_state("stubborn", TaskState::Killed).await;
+    with_agent(async |s| {
+        // A duplicate launch of a live task is ignored (`start_until_ready` launches it again).
+        let stubborn = stubborn(1.0);
+        s.master.send(launch(&stubborn));
+        let pid = s.start_until_ready(&stubborn, "the trap to be installed").await;
+        s.master.kill_until("stubborn", None, TaskState::Killing).await;
+        let killed = s.master.until_state("stubborn", TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGKILL), "{killed:?}");
         assert_eq!(killed.message.as_deref(), Some("Command terminated by signal SIGKILL"));
         assert!(!is_running(pid), "task process {pid} is gone");
         assert_eq!(
-            master.states_of("stubborn"),
+            s.master.states_of("stubborn"),
             [TaskState::Starting, TaskState::Running, TaskState::Killing, TaskState::Killed]
         );
 
         // A polite task ends on SIGTERM.
-        let polite = task_info("polite", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1", None);
-        master.send(launch(&polite));
-        master.until_state("polite", TaskState::Running).await;
-        master.send(kill("polite", Some(30.0)));
-        let killed = master.until_state("polite", TaskState::Killed).await;
+        s.master.launch_until(&sleeping("polite", "cpus:0.1", None), TaskState::Running).await;
+        let killed = s.master.kill_until("polite", Some(30.0), TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGTERM), "{killed:?}");
 
         // A kill right behind the launch.
-        let quick = task_info("quick", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1", None);
-        master.send(launch(&quick));
-        master.send(kill("quick", Some(0.0)));
-        let killed = master.until_state("quick", TaskState::Killed).await;
+        s.master.send(launch(&sleeping("quick", "cpus:0.1", None)));
+        let killed = s.master.kill_until("quick", Some(0.0), TaskState::Killed).await;
         assert!(
             matches!(killed.reason, None | Some(Reason::TaskKilledDuringLaunch)),
             "killed during launch or right after: {killed:?}"
         );
-        agent.stop(StopMode::LeaveTasks).await;
     });
 }
 
 fn launch_failure_is_reported() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        master.accept(AGENT_ID).await;
+    with_agent(async |s| {
         let missing =
             task_info("missing", CommandInfo::argv(vec!["/nonexistent/atoll-no-such".into()]), "cpus:0.1", None);
-        master.send(launch(&missing));
-        let failed = master.until_state("missing", TaskState::Failed).await;
+        let failed = s.master.launch_until(&missing, TaskState::Failed).await;
         assert_eq!(failed.reason, Some(Reason::ContainerLaunchFailed), "{failed:?}");
         assert!(failed.message.as_deref().is_some_and(|m| m.contains("No such file or directory")), "{failed:?}");
-        assert_eq!(master.states_of("missing"), [TaskState::Starting, TaskState::Failed]);
-        agent.stop(StopMode::LeaveTasks).await;
+        assert_eq!(s.master.states_of("missing"), [TaskState::Starting, TaskState::Failed]);
     });
 }
 
 fn oom_kill_is_a_memory_limitation() {
-    if !require_root("oom_kill_is_a_memory_limitation") {
-        return;
-    }
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        master.accept(AGENT_ID).await;
+    Scenario::default().needs_root("oom_kill_is_a_memory_limitation").run(async |s| {
         // dash keeps the whole command substitution in memory: ~200 MB against 32 MiB.
         let hog = task_info("hog", shell(r#"x=$(head -c 200000000 /dev/zero | tr "\0" a)"#), "cpus:0.5;mem:32", None);
-        master.send(launch(&hog));
-        let failed = master.until_state("hog", TaskState::Failed).await;
+        let failed = s.master.launch_until(&hog, TaskState::Failed).await;
         assert_eq!(failed.reason, Some(Reason::ContainerLimitationMemory), "{failed:?}");
         assert_eq!(failed.message.as_deref(), Some("memory limit of 32 MiB exceeded"));
-        agent.stop(StopMode::KillTasks).await;
-        assert_eq!(env.leftover_cgroups(), Vec::<std::path::PathBuf>::new());
+        s.stop_killing_tasks().await;
     });
 }
 
 fn restart_reattaches_running_tasks_and_resends_updates() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let options = env.options(&master.url);
-        let mut agent = TestAgent::start(options.clone());
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
-        let sleeper = task_info("sleeper", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1", None);
-        master.send(launch(&sleeper));
-        let running = master.until_state("sleeper", TaskState::Running).await;
+    with_agent(async |s| {
+        let running = s.master.launch_until(&sleeping("sleeper", "cpus:0.1", None), TaskState::Running).await;
         let executor = running.executor_pid.expect("executor pid");
-        let pid = wait_task_pid(&base, "sleeper").await;
+        let pid = s.task_pid("sleeper").await;
 
         // An update the master never acknowledges.
-        let second = task_info("second", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1", None);
-        master.send(launch(&second));
-        let starting = master.status().await;
+        s.master.send(launch(&sleeping("second", "cpus:0.1", None)));
+        let starting = s.master.status().await;
         assert_eq!((starting.task_id.as_str(), starting.state), ("second", TaskState::Starting));
-        agent.stop(StopMode::LeaveTasks).await;
+        s.agent.stop(StopMode::LeaveTasks).await;
         assert!(is_running(pid) && is_running(executor), "tasks outlive the agent");
 
-        let mut agent = TestAgent::start(options);
-        let register = master.expect_register().await;
+        s.start_agent();
+        let register = s.master.expect_register().await;
         let info = register.info.as_ref().expect("info");
         assert_eq!(info.id.as_ref().map(|i| i.value.as_str()), Some(AGENT_ID), "the id was persisted");
         let mut reported: Vec<(String, TaskState)> = register
@@ -266,33 +198,27 @@ fn restart_reattaches_running_tasks_and_resends_updates() {
         reported.sort();
         assert_eq!(reported[1], ("sleeper".to_owned(), TaskState::Running));
         assert_eq!(reported[0].0, "second");
-        master.send(apb::master_message::Message::Registered(apb::Registered {
-            agent_id: Some(pb::AgentId { value: AGENT_ID.into() }),
-            heartbeat_interval_seconds: 1.0,
-        }));
+        s.master.registered(AGENT_ID);
         let resent = loop {
-            let status = master.status().await;
+            let status = s.master.status().await;
             if status.task_id.as_str() == "second" {
                 break status;
             }
         };
         assert_eq!(resent.uuid, starting.uuid, "the unacknowledged update is re-sent as it was");
-        master.ack(&resent);
-        master.until_state("second", TaskState::Running).await;
+        s.master.ack(&resent);
+        s.master.until_state("second", TaskState::Running).await;
 
-        let base = http_base(&register);
-        assert_eq!(wait_task_pid(&base, "sleeper").await, pid, "the same process, re-attached");
-        let state = get_json(&format!("{base}/v1/state")).await;
+        s.base = http_base(&register);
+        assert_eq!(s.task_pid("sleeper").await, pid, "the same process, re-attached");
+        let state = get_json(&format!("{}/v1/state", s.base)).await;
         let sleeper_view = state["tasks"].as_array().and_then(|t| t.iter().find(|t| t["id"] == "sleeper").cloned());
         assert_eq!(sleeper_view.map(|t| t["executor_pid"].clone()), Some(serde_json::json!(executor)));
 
-        master.send(kill("sleeper", None));
-        let killed = master.until_state("sleeper", TaskState::Killed).await;
+        let killed = s.master.kill_until("sleeper", None, TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGTERM));
         assert!(!is_running(pid));
-        master.send(kill("second", None));
-        master.until_state("second", TaskState::Killed).await;
-        agent.stop(StopMode::LeaveTasks).await;
+        s.master.kill_until("second", None, TaskState::Killed).await;
     });
 }
 
@@ -301,21 +227,14 @@ fn state_of(status: &pb::TaskStatus) -> TaskState {
 }
 
 fn restart_reports_exit_code_of_ended_task() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let options = env.options(&master.url);
-        let mut agent = TestAgent::start(options.clone());
-        master.accept(AGENT_ID).await;
+    with_agent(async |s| {
         let gated = task_info("gated", shell("while [ ! -e go ]; do sleep 0.05; done; exit 7"), "cpus:0.1", None);
-        master.send(launch(&gated));
-        let running = master.until_state("gated", TaskState::Running).await;
+        let running = s.master.launch_until(&gated, TaskState::Running).await;
         let executor = running.executor_pid.expect("executor pid");
-        agent.stop(StopMode::LeaveTasks).await;
+        s.agent.stop(StopMode::LeaveTasks).await;
 
         // The task ends while no agent runs.
-        let sandbox = sandbox_of(&env.data_dir(), "gated");
+        let sandbox = sandbox_of(&s.env.data_dir(), "gated");
         std::fs::write(sandbox.join("go"), "").expect("open the gate");
         eventually("the executor to exit", || async move {
             // The executor is this process's child: reap it, as init would for a real agent.
@@ -325,162 +244,108 @@ fn restart_reports_exit_code_of_ended_task() {
         .await;
         assert!(sandbox.join("exit.json").exists());
 
-        let mut agent = TestAgent::start(options);
-        let register = master.accept(AGENT_ID).await;
+        let register = s.restart_agent().await;
         assert_eq!(register.tasks.len(), 1);
-        let failed = master.until_state("gated", TaskState::Failed).await;
+        let failed = s.master.until_state("gated", TaskState::Failed).await;
         assert_eq!(failed.exit_code, Some(7), "{failed:?}");
         assert_eq!(failed.message.as_deref(), Some("Command exited with status 7"));
-        agent.stop(StopMode::LeaveTasks).await;
     });
 }
 
 fn reconnect_reregisters_and_resends_the_head() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        master.accept(AGENT_ID).await;
-        let steady = task_info("steady", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1", None);
-        master.send(launch(&steady));
-        let starting = master.status().await;
+    with_agent(async |s| {
+        s.master.send(launch(&sleeping("steady", "cpus:0.1", None)));
+        let starting = s.master.status().await;
         assert_eq!(starting.state, TaskState::Starting);
 
-        master.drop_stream();
-        let register = master.accept(AGENT_ID).await;
+        s.master.drop_stream();
+        let register = s.master.accept(AGENT_ID).await;
         assert_eq!(register.info.as_ref().and_then(|i| i.id.as_ref()).map(|i| i.value.as_str()), Some(AGENT_ID));
         assert_eq!(register.tasks.len(), 1);
-        let resent = master.status().await;
+        let resent = s.master.status().await;
         assert_eq!((resent.state, resent.uuid), (TaskState::Starting, starting.uuid));
-        master.ack(&resent);
-        master.until_state("steady", TaskState::Running).await;
+        s.master.ack(&resent);
+        s.master.until_state("steady", TaskState::Running).await;
 
-        let after = task_info("after", shell("true"), "cpus:0.1", None);
-        master.send(launch(&after));
-        master.until_state("after", TaskState::Finished).await;
-        master.send(kill("steady", Some(0.0)));
-        master.until_state("steady", TaskState::Killed).await;
-        agent.stop(StopMode::LeaveTasks).await;
+        s.master.launch_until(&task_info("after", shell("true"), "cpus:0.1", None), TaskState::Finished).await;
+        s.master.kill_until("steady", Some(0.0), TaskState::Killed).await;
     });
 }
 
 fn stop_with_kill_tasks_reports_and_cleans_up() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
-        let a = task_info("a", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1;mem:32", None);
+    with_agent(async |s| {
+        let a = sleeping("a", "cpus:0.1;mem:32", None);
         let b = task_info("b", shell("trap '' TERM; while :; do sleep 1; done"), "cpus:0.1", Some(1.0));
-        master.send(launch(&a));
-        master.until_state("a", TaskState::Running).await;
-        master.send(launch(&b));
-        master.until_state("b", TaskState::Running).await;
-        let pids = [wait_task_pid(&base, "a").await, wait_task_pid(&base, "b").await];
+        let pids = [s.start_task(&a).await, s.start_task(&b).await];
 
-        agent.request_stop(StopMode::KillTasks);
+        s.agent.request_stop(StopMode::KillTasks);
         let mut killed = Vec::new();
         while killed.len() < 2 {
-            let status = master.status().await;
-            master.ack(&status);
+            let status = s.master.status().await;
+            s.master.ack(&status);
             if status.state == TaskState::Killed {
                 killed.push(status.task_id.0.clone());
             }
             assert!(!status.state.is_terminal() || status.state == TaskState::Killed, "{status:?}");
         }
-        agent.join().await;
+        s.agent.join().await;
         killed.sort();
         assert_eq!(killed, ["a", "b"]);
         assert!(pids.iter().all(|p| !is_running(*p)));
-        assert_eq!(env.leftover_cgroups(), Vec::<std::path::PathBuf>::new());
+        s.env.assert_no_cgroups();
         for task in ["a", "b"] {
-            let ckpt: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(sandbox_of(&env.data_dir(), task).join("task.json")).expect("checkpoint"),
-            )
-            .expect("json");
+            let ckpt = checkpoint(&sandbox_of(&s.env.data_dir(), task)).expect("checkpoint");
             assert!(ckpt["completed_at"].is_u64(), "{task} completed: {ckpt}");
         }
     });
 }
 
 fn master_shutdown_kills_tasks_and_registers_anew() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
-        let victim = task_info("victim", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1", Some(0.5));
-        master.send(launch(&victim));
-        master.until_state("victim", TaskState::Running).await;
-        let pid = wait_task_pid(&base, "victim").await;
+    with_agent(async |s| {
+        let pid = s.start_task(&sleeping("victim", "cpus:0.1", Some(0.5))).await;
 
-        master.send(apb::master_message::Message::Shutdown(apb::Shutdown { message: "agent gone".into() }));
-        let register = master.accept("agent-test-2").await;
+        s.master.send(apb::master_message::Message::Shutdown(apb::Shutdown { message: "agent gone".into() }));
+        let register = s.master.accept("agent-test-2").await;
         assert!(register.info.as_ref().is_some_and(|i| i.id.is_none()), "registers as a new agent");
         assert!(register.tasks.is_empty(), "the old tasks are not reported: {:?}", register.tasks);
         eventually("the old task to die", || async move { !is_running(pid) }).await;
-        let agent_file = env.data_dir().join("agent.json");
+        let agent_file = s.env.data_dir().join("agent.json");
         eventually("the new id to be persisted", || {
             let agent_file = agent_file.clone();
             async move { std::fs::read_to_string(&agent_file).is_ok_and(|s| s.contains("agent-test-2")) }
         })
         .await;
-        assert!(master.states_of("victim").iter().all(|s| !s.is_terminal()), "no updates for forgotten tasks");
-        let newbie = task_info("newbie", shell("true"), "cpus:0.1", None);
-        master.send(launch(&newbie));
-        master.until_state("newbie", TaskState::Finished).await;
-        agent.stop(StopMode::LeaveTasks).await;
+        assert!(s.master.states_of("victim").iter().all(|s| !s.is_terminal()), "no updates for forgotten tasks");
+        s.master.launch_until(&task_info("newbie", shell("true"), "cpus:0.1", None), TaskState::Finished).await;
     });
 }
 
 fn cleanup_kills_and_removes_everything() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let options = env.options(&master.url);
-        let mut agent = TestAgent::start(options.clone());
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
-        let left = task_info("left", CommandInfo::argv(vec!["sleep".into(), "300".into()]), "cpus:0.1;mem:32", None);
-        master.send(launch(&left));
-        master.until_state("left", TaskState::Running).await;
-        let pid = wait_task_pid(&base, "left").await;
-        agent.stop(StopMode::LeaveTasks).await;
+    with_agent(async |s| {
+        let pid = s.start_task(&sleeping("left", "cpus:0.1;mem:32", None)).await;
+        s.agent.stop(StopMode::LeaveTasks).await;
         assert!(is_running(pid));
 
-        let report = atoll_agent::cleanup(&options).expect("cleanup");
+        let report = atoll_agent::cleanup(&s.options).expect("cleanup");
         assert_eq!(report.tasks_killed, 1, "{report:?}");
-        assert!(!options.data_dir.exists(), "{report:?}");
+        assert!(!s.options.data_dir.exists(), "{report:?}");
         eventually("the task to die", || async move { !is_running(pid) }).await;
-        assert_eq!(env.leftover_cgroups(), Vec::<std::path::PathBuf>::new());
-        assert_eq!(atoll_agent::cleanup(&options).expect("cleanup twice"), atoll_agent::CleanupReport::default());
+        s.env.assert_no_cgroups();
+        assert_eq!(atoll_agent::cleanup(&s.options).expect("cleanup twice"), atoll_agent::CleanupReport::default());
     });
 }
 
 fn follow_logs_until_the_task_ends() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
+    with_agent(async |s| {
         let talker = task_info(
             "talker",
             shell("while [ ! -e go ]; do sleep 0.05; done; for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done"),
             "cpus:0.1",
             None,
         );
-        master.send(launch(&talker));
-        master.until_state("talker", TaskState::Running).await;
+        s.master.launch_until(&talker, TaskState::Running).await;
         let follow = tokio::spawn({
-            let base = base.clone();
+            let base = s.base.clone();
             async move {
                 let response = reqwest::get(format!("{base}/v1/tasks/talker/logs/stdout?follow=true&offset=2"))
                     .await
@@ -491,45 +356,24 @@ fn follow_logs_until_the_task_ends() {
         });
         // The request is in before the task writes anything.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        std::fs::write(sandbox_of(&env.data_dir(), "talker").join("go"), "").expect("open the gate");
-        master.until_state("talker", TaskState::Finished).await;
+        std::fs::write(sandbox_of(&s.env.data_dir(), "talker").join("go"), "").expect("open the gate");
+        s.master.until_state("talker", TaskState::Finished).await;
         let body = tokio::time::timeout(WAIT, follow).await.expect("the stream ends with the task").expect("join");
         assert_eq!(body, "ne 1\nline 2\nline 3\nline 4\nline 5\n");
-        agent.stop(StopMode::LeaveTasks).await;
     });
 }
 
 fn a_kill_in_progress_is_finished_after_a_restart() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let options = env.options(&master.url);
-        let mut agent = TestAgent::start(options.clone());
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
-        let stubborn =
-            task_info("stubborn", shell("trap '' TERM; echo ready; while :; do sleep 1; done"), "cpus:0.1", Some(2.0));
-        master.send(launch(&stubborn));
-        master.until_state("stubborn", TaskState::Running).await;
-        let pid = wait_task_pid(&base, "stubborn").await;
-        let stdout = sandbox_of(&env.data_dir(), "stubborn").join("stdout");
-        eventually("the trap to be installed", || {
-            let stdout = stdout.clone();
-            async move { std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready")) }
-        })
-        .await;
-        master.send(kill("stubborn", None));
-        master.until_state("stubborn", TaskState::Killing).await;
-        agent.stop(StopMode::LeaveTasks).await;
+    with_agent(async |s| {
+        let pid = s.start_until_ready(&stubborn(2.0), "the trap to be installed").await;
+        s.master.kill_until("stubborn", None, TaskState::Killing).await;
+        s.agent.stop(StopMode::LeaveTasks).await;
         assert!(is_running(pid), "SIGTERM is ignored and nobody sent SIGKILL yet");
 
-        let mut agent = TestAgent::start(options);
-        master.accept(AGENT_ID).await;
-        let killed = master.until_state("stubborn", TaskState::Killed).await;
+        s.restart_agent().await;
+        let killed = s.master.until_state("stubborn", TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGKILL), "{killed:?}");
         assert!(!is_running(pid));
-        agent.stop(StopMode::LeaveTasks).await;
     });
 }
 
@@ -549,50 +393,24 @@ fn group_members(pgid: u32) -> Vec<u32> {
 }
 
 fn kill_without_cgroups_uses_the_process_group() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut options = env.options(&master.url);
-        options.cgroups = false;
-        let mut agent = TestAgent::start(options);
-        let register = master.accept(AGENT_ID).await;
-        let base = http_base(&register);
+    Scenario::default().options(|o| o.cgroups = false).run(async |s| {
         let family = task_info(
             "family",
             shell("trap '' TERM; sleep 300 & sleep 300 & echo ready; wait; wait"),
             "cpus:0.1;mem:32",
             Some(0.5),
         );
-        master.send(launch(&family));
-        master.until_state("family", TaskState::Running).await;
-        let pid = wait_task_pid(&base, "family").await;
-        let stdout = sandbox_of(&env.data_dir(), "family").join("stdout");
-        eventually("the children to start", || {
-            let stdout = stdout.clone();
-            async move { std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("ready")) }
-        })
-        .await;
+        let pid = s.start_until_ready(&family, "the children to start").await;
         assert_eq!(group_members(pid).len(), 3, "the shell and its two sleeps share the task's group");
-        master.send(kill("family", None));
-        let killed = master.until_state("family", TaskState::Killed).await;
+        let killed = s.master.kill_until("family", None, TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGKILL), "{killed:?}");
         eventually("the whole group to be gone", || async move { group_members(pid).is_empty() }).await;
-        assert_eq!(env.leftover_cgroups(), Vec::<std::path::PathBuf>::new(), "no cgroups were made");
-        agent.stop(StopMode::LeaveTasks).await;
+        assert_eq!(s.env.leftover_cgroups(), Vec::<std::path::PathBuf>::new(), "no cgroups were made");
     });
 }
 
 fn leftover_processes_die_with_the_task() {
-    if !require_root("leftover_processes_die_with_the_task") {
-        return;
-    }
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut agent = TestAgent::start(env.options(&master.url));
-        master.accept(AGENT_ID).await;
+    Scenario::default().needs_root("leftover_processes_die_with_the_task").run(async |s| {
         // A child that leaves the task's session: only the cgroup still knows it.
         let daemon = task_info(
             "daemon",
@@ -600,55 +418,38 @@ fn leftover_processes_die_with_the_task() {
             "cpus:0.1",
             None,
         );
-        master.send(launch(&daemon));
-        let finished = master.until_state("daemon", TaskState::Finished).await;
+        let finished = s.master.launch_until(&daemon, TaskState::Finished).await;
         assert_eq!(finished.exit_code, Some(0));
-        let bgpid: u32 = std::fs::read_to_string(sandbox_of(&env.data_dir(), "daemon").join("bgpid"))
+        let bgpid: u32 = std::fs::read_to_string(sandbox_of(&s.env.data_dir(), "daemon").join("bgpid"))
             .expect("bgpid")
             .trim()
             .parse()
             .expect("pid");
         eventually("the escaped child to be killed", || async move { !is_running(bgpid) }).await;
-        agent.stop(StopMode::KillTasks).await;
-        assert_eq!(env.leftover_cgroups(), Vec::<std::path::PathBuf>::new());
+        s.stop_killing_tasks().await;
     });
 }
 
 fn completed_sandboxes_are_collected() {
-    let env = TestEnv::new();
-    let rt = runtime();
-    rt.block_on(async {
-        let mut master = FakeMaster::start().await;
-        let mut options = env.options(&master.url);
-        let mut agent = TestAgent::start(options.clone());
-        master.accept(AGENT_ID).await;
-        master.send(launch(&task_info("brief", shell("echo hi"), "cpus:0.1", None)));
-        master.until_state("brief", TaskState::Finished).await;
-        let sandbox = sandbox_of(&env.data_dir(), "brief");
-        let checkpoint = sandbox.join("task.json");
+    with_agent(async |s| {
+        s.master.launch_until(&task_info("brief", shell("echo hi"), "cpus:0.1", None), TaskState::Finished).await;
+        let sandbox = sandbox_of(&s.env.data_dir(), "brief");
         eventually("the run to complete", || {
-            let checkpoint = checkpoint.clone();
-            async move {
-                std::fs::read(&checkpoint)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .is_some_and(|v| v["completed_at"].is_u64())
-            }
+            let sandbox = sandbox.clone();
+            async move { checkpoint(&sandbox).is_some_and(|v| v["completed_at"].is_u64()) }
         })
         .await;
-        agent.stop(StopMode::LeaveTasks).await;
+        s.agent.stop(StopMode::LeaveTasks).await;
         assert!(sandbox.exists(), "kept while younger than the GC age");
 
-        options.sandbox_gc_age = Duration::from_millis(1);
-        let mut agent = TestAgent::start(options);
-        master.accept(AGENT_ID).await;
-        let framework_dir = env.data_dir().join("sandboxes").join(FRAMEWORK);
+        s.options.sandbox_gc_age = Duration::from_millis(1);
+        s.restart_agent().await;
+        let framework_dir = s.env.data_dir().join("sandboxes").join(FRAMEWORK);
         eventually("the sandbox to be collected", || {
             let framework_dir = framework_dir.clone();
             async move { !framework_dir.exists() }
         })
         .await;
-        assert!(env.data_dir().join("sandboxes").exists());
-        agent.stop(StopMode::LeaveTasks).await;
+        assert!(s.env.data_dir().join("sandboxes").exists());
     });
 }
