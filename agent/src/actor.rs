@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use atoll_proto::convert::{kill_grace_from_pb, uuid_from_pb};
 use atoll_proto::model::{
-    AgentId, AgentInfo, FrameworkId, FrameworkInfo, Source, TaskId, TaskInfo, TaskState, TaskStatus, Time,
+    AgentId, AgentInfo, FrameworkId, FrameworkInfo, HealthCheckKind, Reason, Source, TaskId, TaskInfo, TaskState,
+    TaskStatus, Time,
 };
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
@@ -29,6 +30,7 @@ use crate::checkpoint::{
     TaskCheckpoint,
 };
 use crate::executor::{LaunchSpec, read_exit_record};
+use crate::health::{self, HealthState, Probe, ProbeResult, Schedule, Verdict};
 use crate::launch::{EnvContext, task_argv, task_env, task_limits};
 use crate::metrics::{Metrics, label};
 use crate::outcome::{ExitFacts, Stamp, terminal_status};
@@ -73,6 +75,11 @@ pub(crate) enum Msg {
     },
     KillDue {
         run: RunId,
+    },
+    /// One health check probe of a run finished.
+    Health {
+        run: RunId,
+        result: ProbeResult,
     },
     Finalized {
         run: RunId,
@@ -127,6 +134,8 @@ pub(crate) struct TaskView {
     pub executor_pid: Option<u32>,
     pub pid: Option<u32>,
     pub pending_updates: usize,
+    /// The health check verdict (`null` without a check or before its first verdict).
+    pub healthy: Option<bool>,
 }
 
 /// Where a task's logs are.
@@ -162,6 +171,15 @@ struct Entry {
     ckpt: TaskCheckpoint,
     updates: UpdateQueue,
     phase: Phase,
+    /// The running health checker, while the task runs and has a check.
+    health: Option<HealthRun>,
+}
+
+struct HealthRun {
+    state: HealthState,
+    /// When the task started, for the grace period.
+    started: Instant,
+    checker: tokio::task::AbortHandle,
 }
 
 impl Entry {
@@ -277,7 +295,8 @@ impl Agent {
             now(),
         );
         let terminal = ckpt.status.state.is_terminal();
-        let entry = Entry { ckpt, updates, phase: if terminal { Phase::Terminal } else { Phase::Running } };
+        let entry =
+            Entry { ckpt, updates, phase: if terminal { Phase::Terminal } else { Phase::Running }, health: None };
         let key = entry.key();
         if let Some(older) = self.by_task.insert(key, run.clone()) {
             tracing::warn!(run = %older, newer = %run, "two live runs of one task; the newer one answers for it");
@@ -329,8 +348,9 @@ impl Agent {
                 if let Some(status) = status {
                     self.emit(&run, status);
                 }
+                self.start_health(&run);
             }
-            None => {}
+            None => self.start_health(&run),
         }
     }
 
@@ -401,6 +421,7 @@ impl Agent {
                     self.hard_kill(&run);
                 }
             }
+            Msg::Health { run, result } => self.on_health(&run, result),
             Msg::Finalized { run, facts, cgroup_removed } => self.on_finalized(&run, facts, cgroup_removed),
             Msg::CgroupCleaned { run, removed } => {
                 if removed && let Some(entry) = self.tasks.get_mut(&run) {
@@ -696,13 +717,14 @@ impl Agent {
             kill: None,
             agent_failure: None,
             status: staging,
+            healthy: None,
             pending_updates: Vec::new(),
             completed_at: None,
             orphaned: false,
         };
         let updates = UpdateQueue::new(self.options.status_retry_interval, self.options.status_retry_max);
         self.by_task.insert(key, run.clone());
-        self.tasks.insert(run.clone(), Entry { ckpt, updates, phase: Phase::Launching });
+        self.tasks.insert(run.clone(), Entry { ckpt, updates, phase: Phase::Launching, health: None });
 
         if let Err(e) = std::fs::create_dir_all(&sandbox) {
             return self.fail_launch(&run, format!("cannot create sandbox {}: {e}", sandbox.display()));
@@ -714,7 +736,12 @@ impl Agent {
             // The agent is killing everything; this task never starts.
             if let Some(entry) = self.tasks.get_mut(&run) {
                 let t = Time::now();
-                entry.ckpt.kill = Some(KillRequest { requested_at: t, deadline: t, during_launch: true });
+                entry.ckpt.kill = Some(KillRequest {
+                    requested_at: t,
+                    deadline: t,
+                    during_launch: true,
+                    health_check_failures: None,
+                });
             }
             return self.start_finalize(&run);
         }
@@ -725,11 +752,13 @@ impl Agent {
 
     /// Cgroup, launch spec, TASK_STARTING, executor. `Err` is the launch failure's message.
     fn prepare_and_spawn(&mut self, run: &RunId) -> Result<(), String> {
-        let agent_path = std::env::var("PATH").ok();
         let Some(entry) = self.tasks.get_mut(run) else { return Ok(()) };
         let task = &entry.ckpt.task;
         if let Some(problem) = task.command.problem() {
             return Err(format!("invalid command: {problem}"));
+        }
+        if let Some(problem) = task.health_check.as_ref().and_then(|c| c.problem()) {
+            return Err(format!("invalid health check: {problem}"));
         }
         let sandbox = entry.ckpt.sandbox.clone();
         if let Some(layout) = &self.cgroups {
@@ -750,16 +779,7 @@ impl Agent {
         }
         let spec = LaunchSpec {
             argv: task_argv(task),
-            env: task_env(
-                task,
-                &EnvContext {
-                    framework_id: &entry.ckpt.framework_id,
-                    agent_id: &task.agent_id,
-                    sandbox: &sandbox,
-                    hostname: &self.options.hostname,
-                    agent_path: agent_path.as_deref(),
-                },
-            ),
+            env: launch_env(&self.options, &entry.ckpt),
             cwd: sandbox.clone(),
             stdout: sandbox.join(STDOUT),
             stderr: sandbox.join(STDERR),
@@ -837,6 +857,7 @@ impl Agent {
                     status.executor_pid = executor_pid;
                     self.emit(run, status);
                 }
+                self.start_health(run);
             }
             // The executor also records this and exits; the exit produces the status.
             Announce::Error(message) => {
@@ -863,6 +884,13 @@ impl Agent {
 
     /// Kills a run gracefully: SIGTERM now, SIGKILL of everything left after the grace period.
     fn kill(&mut self, run: &RunId, grace: Option<Duration>) {
+        self.kill_because(run, grace, None);
+    }
+
+    /// [`Agent::kill`]; `health_check_failures` says the agent kills the task because its
+    /// health check failed that many times in a row.
+    fn kill_because(&mut self, run: &RunId, grace: Option<Duration>, health_check_failures: Option<u32>) {
+        self.stop_health(run);
         let default_grace = self.options.default_kill_grace;
         let Some(entry) = self.tasks.get_mut(run) else { return };
         let grace = grace
@@ -875,7 +903,12 @@ impl Agent {
             Phase::Launching => {
                 if entry.ckpt.kill.is_none() {
                     tracing::info!(run = %run, "kill before the task started");
-                    entry.ckpt.kill = Some(KillRequest { requested_at: t, deadline: t, during_launch: true });
+                    entry.ckpt.kill = Some(KillRequest {
+                        requested_at: t,
+                        deadline: t,
+                        during_launch: true,
+                        health_check_failures: None,
+                    });
                     save_entry(entry);
                 }
             }
@@ -890,7 +923,8 @@ impl Agent {
                     return;
                 }
                 tracing::info!(run = %run, task = %entry.ckpt.task.task_id, grace_ms = grace.as_millis() as u64, "killing");
-                entry.ckpt.kill = Some(KillRequest { requested_at: t, deadline, during_launch: false });
+                entry.ckpt.kill =
+                    Some(KillRequest { requested_at: t, deadline, during_launch: false, health_check_failures });
                 save_entry(entry);
                 if let Some(status) = self.stamp(run).map(|s| s.status(TaskState::Killing, Source::Executor)) {
                     self.emit(run, status);
@@ -948,6 +982,7 @@ impl Agent {
     /// The executor is gone (or never started): gather what decides the terminal status, kill
     /// leftovers and remove the cgroup, off the actor.
     fn start_finalize(&mut self, run: &RunId) {
+        self.stop_health(run);
         let Some(entry) = self.tasks.get_mut(run) else { return };
         entry.phase = Phase::Finalizing;
         let ckpt = &entry.ckpt;
@@ -963,6 +998,7 @@ impl Agent {
             oom_killed: false,
             memory_limit_mib: requested_mib,
             agent_failure: ckpt.agent_failure.clone(),
+            health_check_failures: ckpt.kill.and_then(|k| k.health_check_failures),
         };
         let (tx, run) = (self.tx.clone(), run.clone());
         self.jobs.spawn_blocking(move || {
@@ -1042,6 +1078,7 @@ impl Agent {
 
     /// The terminal update was acknowledged (or will never be sent): the run is over.
     fn complete(&mut self, run: &RunId) {
+        self.stop_health(run);
         let Some(mut entry) = self.tasks.remove(run) else { return };
         let key = entry.key();
         if self.by_task.get(&key) == Some(run) {
@@ -1082,14 +1119,138 @@ impl Agent {
         })
     }
 
-    /// Makes `status` the run's latest, queues it for the master and checkpoints both.
-    fn emit(&mut self, run: &RunId, status: TaskStatus) {
+    /// Makes `status` the run's latest, queues it for the master and checkpoints both. A
+    /// non-terminal status carries the latest health verdict (so the latest status, which is what
+    /// re-registration reports, always has it).
+    fn emit(&mut self, run: &RunId, mut status: TaskStatus) {
         let Some(entry) = self.tasks.get_mut(run) else { return };
+        if status.healthy.is_none() && !status.state.is_terminal() {
+            status.healthy = entry.ckpt.healthy;
+        }
         entry.ckpt.status = status.clone();
         if !entry.ckpt.orphaned {
             entry.updates.push(status, now());
         }
         save_entry(entry);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Health checks
+    // -----------------------------------------------------------------------------------------
+
+    /// Starts checking a running task that has a health check (once the task is announced, or
+    /// re-attached after a restart, resuming with the checkpointed verdict).
+    fn start_health(&mut self, run: &RunId) {
+        let Some(entry) = self.tasks.get(run) else { return };
+        let Some(check) = entry.ckpt.task.health_check.clone() else { return };
+        if entry.health.is_some() || entry.phase != Phase::Running || entry.ckpt.kill.is_some() {
+            return;
+        }
+        if let Some(problem) = check.problem() {
+            tracing::warn!(run = %run, "not checking the task's health: {problem}");
+            return;
+        }
+        // Time since the task started, for a re-attached task too.
+        let since_start = Time::now().saturating_since(entry.ckpt.launched_at);
+        let started = now().checked_sub(since_start).unwrap_or_else(now);
+        let probe = match &check.kind {
+            HealthCheckKind::Http { port, path } => {
+                Probe::Http { addr: SocketAddr::new(health::probe_host(&entry.ckpt), *port), path: path.clone() }
+            }
+            HealthCheckKind::Tcp { port } => {
+                Probe::Tcp { addr: SocketAddr::new(health::probe_host(&entry.ckpt), *port) }
+            }
+            HealthCheckKind::Command { command } => {
+                Probe::Command(Box::new(health::command_spec(&self.task_process_spec(&entry.ckpt), command)))
+            }
+        };
+        let schedule = Schedule::for_check(&check, since_start);
+        let state = HealthState::for_check(&check).resume(entry.ckpt.healthy);
+        tracing::debug!(run = %run, ?schedule, "health checks start");
+        let (tx, msg_run) = (self.tx.clone(), run.clone());
+        let checker = self.jobs.spawn(health::run_checks(probe, schedule, move |result| {
+            tx.send(Msg::Health { run: msg_run.clone(), result }).is_ok()
+        }));
+        if let Some(entry) = self.tasks.get_mut(run) {
+            entry.health = Some(HealthRun { state, started, checker });
+        }
+    }
+
+    /// How the task's process was started (its `launch.json`), with the sandbox and cgroup as
+    /// they are now; rebuilt from the checkpoint if the file is unreadable.
+    fn task_process_spec(&self, ckpt: &TaskCheckpoint) -> LaunchSpec {
+        let mut spec = LaunchSpec::load(&ckpt.sandbox.join(LAUNCH_FILE)).unwrap_or_else(|e| {
+            tracing::warn!(run = %ckpt.run_id, "{e}; health checks use a rebuilt environment");
+            LaunchSpec {
+                argv: task_argv(&ckpt.task),
+                env: launch_env(&self.options, ckpt),
+                cwd: ckpt.sandbox.clone(),
+                stdout: ckpt.sandbox.join(STDOUT),
+                stderr: ckpt.sandbox.join(STDERR),
+                cgroup_procs: Vec::new(),
+                exit_file: ckpt.exit_file(),
+            }
+        });
+        spec.cwd = ckpt.sandbox.clone();
+        spec.cgroup_procs = ckpt.cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
+        spec
+    }
+
+    /// Stops the run's health checker (a probe in progress is killed).
+    fn stop_health(&mut self, run: &RunId) {
+        if let Some(health) = self.tasks.get_mut(run).and_then(|e| e.health.take()) {
+            health.checker.abort();
+        }
+    }
+
+    fn on_health(&mut self, run: &RunId, result: ProbeResult) {
+        let Some(entry) = self.tasks.get_mut(run) else { return };
+        if entry.phase != Phase::Running || entry.ckpt.kill.is_some() {
+            return;
+        }
+        // A result still in flight from a checker stopped meanwhile.
+        let Some(health) = entry.health.as_mut() else { return };
+        self.metrics.health_checks.get_or_create(&label("outcome", result.outcome.label())).inc();
+        let since_start = now().saturating_duration_since(health.started);
+        let verdict = health.state.observe(result.outcome.is_healthy(), since_start);
+        tracing::debug!(run = %run, outcome = result.outcome.label(), detail = %result.detail, ?verdict, "health check");
+        match verdict {
+            None => {}
+            Some(Verdict::Changed(healthy)) => self.report_health(run, healthy, &result),
+            Some(Verdict::Kill { failures, newly_unhealthy }) => {
+                if newly_unhealthy {
+                    self.report_health(run, false, &result);
+                }
+                tracing::warn!(
+                    run = %run,
+                    failures,
+                    "killing the task: its health check failed {failures} times in a row ({})",
+                    result.detail
+                );
+                self.metrics.health_check_kills.inc();
+                self.kill_because(run, None, Some(failures));
+            }
+        }
+    }
+
+    /// A TASK_RUNNING update carrying the new verdict.
+    fn report_health(&mut self, run: &RunId, healthy: bool, result: &ProbeResult) {
+        let Some(stamp) = self.stamp(run) else { return };
+        let Some(entry) = self.tasks.get_mut(run) else { return };
+        tracing::info!(run = %run, task = %entry.ckpt.task.task_id, healthy, detail = %result.detail, "health verdict");
+        entry.ckpt.healthy = Some(healthy);
+        let executor_pid = entry.ckpt.executor.map(|p| p.pid);
+        let message = if healthy {
+            format!("health check passed: {}", result.detail)
+        } else {
+            format!("health check failed: {}", result.detail)
+        };
+        let mut status = stamp
+            .status(TaskState::Running, Source::Executor)
+            .with_reason(Reason::TaskHealthCheckStatusUpdated, message);
+        status.healthy = Some(healthy);
+        status.executor_pid = executor_pid;
+        self.emit(run, status);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1210,6 +1371,7 @@ impl Agent {
                     executor_pid: e.ckpt.executor.map(|p| p.pid),
                     pid: e.ckpt.task_process.map(|p| p.pid),
                     pending_updates: e.updates.len(),
+                    healthy: e.ckpt.healthy,
                 })
                 .collect(),
         }
@@ -1254,6 +1416,22 @@ impl Agent {
         self.metrics.connected.set(i64::from(self.link.is_some()));
         self.metrics.registered.set(i64::from(self.link.as_ref().is_some_and(|l| l.registered)));
     }
+}
+
+/// The environment a task's process gets (and its COMMAND health checks, unless its
+/// `launch.json` says otherwise).
+fn launch_env(options: &AgentOptions, ckpt: &TaskCheckpoint) -> Vec<(String, String)> {
+    let agent_path = std::env::var("PATH").ok();
+    task_env(
+        &ckpt.task,
+        &EnvContext {
+            framework_id: &ckpt.framework_id,
+            agent_id: &ckpt.task.agent_id,
+            sandbox: &ckpt.sandbox,
+            hostname: &options.hostname,
+            agent_path: agent_path.as_deref(),
+        },
+    )
 }
 
 /// Checkpoint writes are logged, not fatal: the task goes on and the next write may succeed

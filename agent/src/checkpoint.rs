@@ -120,6 +120,9 @@ pub struct KillRequest {
     pub deadline: Time,
     /// It came before the task was announced running.
     pub during_launch: bool,
+    /// The agent killed the task because its health check failed this many times in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_failures: Option<u32>,
 }
 
 /// One run of one task (`task.json`).
@@ -148,6 +151,9 @@ pub struct TaskCheckpoint {
     pub agent_failure: Option<String>,
     /// The latest status the agent generated.
     pub status: TaskStatus,
+    /// The latest health check verdict, for a task with a health check that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
     /// Generated updates not yet acknowledged, oldest first.
     #[serde(default)]
     pub pending_updates: Vec<TaskStatus>,
@@ -311,6 +317,7 @@ mod tests {
             kill: None,
             agent_failure: None,
             status: TaskStatus::new(task_id, TaskState::Running, Source::Executor, Time(2)),
+            healthy: Some(true),
             pending_updates: Vec::new(),
             completed_at: None,
             orphaned: false,

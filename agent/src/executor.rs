@@ -238,6 +238,14 @@ fn open_output(stream: &'static str, path: &Path) -> Result<File, ExecutorError>
     })
 }
 
+/// Starts `spec.argv` exactly as a task is started (own session and process group, only
+/// `spec.env`, in `spec.cwd`, output appended to `spec.stdout`/`spec.stderr`, joined to
+/// `spec.cgroup_procs` before exec) and returns the child without waiting; `spec.exit_file` is
+/// not used. The agent runs COMMAND health checks this way.
+pub fn start_process(spec: &LaunchSpec) -> Result<Child, ExecutorError> {
+    launch(spec)
+}
+
 fn launch(spec: &LaunchSpec) -> Result<Child, ExecutorError> {
     let (program, args) = spec.argv.split_first().ok_or(ExecutorError::EmptyArgv)?;
     // Checked here because a bad cwd would otherwise surface as an ENOENT blamed on the program.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use atoll_proto::model::{AgentId, FrameworkId, TaskInfo};
+use atoll_proto::model::{AgentId, CommandInfo, FrameworkId, TaskInfo};
 
 use crate::cgroups::Limits;
 
@@ -23,7 +23,11 @@ pub struct EnvContext<'a> {
 /// The argv the executor runs. A shell command runs under `/bin/sh -c`; otherwise `value` is
 /// the program and `arguments` the whole argv, so `arguments[0]` only names it (as Mesos does).
 pub fn task_argv(task: &TaskInfo) -> Vec<String> {
-    let command = &task.command;
+    command_argv(&task.command)
+}
+
+/// [`task_argv`] for any command (a COMMAND health check's, too).
+pub fn command_argv(command: &CommandInfo) -> Vec<String> {
     if command.shell {
         return vec!["/bin/sh".to_owned(), "-c".to_owned(), command.value.clone()];
     }
@@ -131,7 +135,7 @@ pub fn signal_name(signal: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atoll_proto::model::{CommandInfo, DiscoveryInfo, DiscoveryPort, Labels, Resources, TaskId};
+    use atoll_proto::model::{DiscoveryInfo, DiscoveryPort, Labels, Resources, TaskId};
 
     fn task(command: CommandInfo) -> TaskInfo {
         TaskInfo {

@@ -10,8 +10,9 @@
 //! Layout: [`settings`] (flags/TOML → options), [`actor`] (the one owner of state),
 //! [`master`] (the gRPC stream), [`http`] (the API), and small pure pieces it is built from:
 //! [`launch`] (argv, env, limits), [`outcome`] (terminal status), [`updates`] (the
-//! acknowledgement queue), [`gc`] (sandbox collection), [`checkpoint`] (what is on disk),
-//! [`process`] (pidfds, start times, signals), [`cgroups`] and [`executor`].
+//! acknowledgement queue), [`health`] (the health verdict; probes as a thin async layer),
+//! [`gc`] (sandbox collection), [`checkpoint`] (what is on disk), [`process`] (pidfds, start
+//! times, signals), [`cgroups`] and [`executor`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -27,6 +28,7 @@ pub mod checkpoint;
 pub mod cleanup;
 pub mod executor;
 pub mod gc;
+pub mod health;
 mod http;
 pub mod launch;
 mod master;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub connected: Gauge,
     pub registered: Gauge,
     pub sandboxes_collected: Counter,
+    /// Health check probe results by `outcome` (healthy, unhealthy, timeout, error).
+    pub health_checks: Family<Labels, Counter>,
+    /// Tasks killed because their health check failed too often in a row.
+    pub health_check_kills: Counter,
 }
 
 impl Default for Metrics {
@@ -39,6 +43,8 @@ impl Metrics {
         let connected = Gauge::default();
         let registered = Gauge::default();
         let sandboxes_collected = Counter::default();
+        let health_checks = Family::<Labels, Counter>::default();
+        let health_check_kills = Counter::default();
         registry.register("tasks", "Tasks not yet completed, by latest state", tasks.clone());
         registry.register("launches", "Tasks launched", launches.clone());
         registry.register(
@@ -55,6 +61,16 @@ impl Metrics {
             "Sandboxes removed by garbage collection",
             sandboxes_collected.clone(),
         );
+        registry.register(
+            "health_checks",
+            "Health check results by outcome (healthy, unhealthy, timeout, error)",
+            health_checks.clone(),
+        );
+        registry.register(
+            "health_check_kills",
+            "Tasks killed because their health check failed too often in a row",
+            health_check_kills.clone(),
+        );
         Metrics {
             registry,
             tasks,
@@ -65,6 +81,8 @@ impl Metrics {
             connected,
             registered,
             sandboxes_collected,
+            health_checks,
+            health_check_kills,
         }
     }
 

@@ -20,6 +20,8 @@ pub struct ExitFacts {
     pub memory_limit_mib: Option<f64>,
     /// The agent could not start or hear from the executor (spawn failed, no announcement).
     pub agent_failure: Option<String>,
+    /// The kill was the agent's, after the health check failed this many times in a row.
+    pub health_check_failures: Option<u32>,
 }
 
 /// Identity and stamp of the update being made.
@@ -62,9 +64,13 @@ pub fn terminal_status(facts: &ExitFacts, stamp: &Stamp) -> TaskStatus {
             );
         }
         let mut status = with_exit(stamp.status(TaskState::Killed, Source::Executor));
-        status.message = Some(match exit_signal {
-            Some(signal) => format!("Command terminated by signal {}", signal_name(signal)),
-            None => "Task killed".to_owned(),
+        status.message = Some(match (facts.health_check_failures, exit_signal) {
+            (Some(n), _) => {
+                status.healthy = Some(false);
+                format!("task was killed because its health check failed {n} times in a row")
+            }
+            (None, Some(signal)) => format!("Command terminated by signal {}", signal_name(signal)),
+            (None, None) => "Task killed".to_owned(),
         });
         return status;
     }
@@ -158,7 +164,19 @@ mod tests {
             assert_eq!(terminal_status(&facts, &stamp()).state, TaskState::Killed);
         }
         let facts = ExitFacts { record: exited(None, Some(15)), kill_requested: true, ..Default::default() };
-        assert_eq!(terminal_status(&facts, &stamp()).message.as_deref(), Some("Command terminated by signal SIGTERM"));
+        let s = terminal_status(&facts, &stamp());
+        assert_eq!((s.message.as_deref(), s.healthy), (Some("Command terminated by signal SIGTERM"), None));
+        let health = ExitFacts { health_check_failures: Some(3), ..facts };
+        let s = terminal_status(&health, &stamp());
+        assert_eq!(
+            (s.state, s.healthy, s.message.as_deref(), s.exit_signal),
+            (
+                TaskState::Killed,
+                Some(false),
+                Some("task was killed because its health check failed 3 times in a row"),
+                Some(15)
+            )
+        );
         let during = ExitFacts { kill_requested: true, killed_during_launch: true, ..Default::default() };
         let s = terminal_status(&during, &stamp());
         assert_eq!(

@@ -184,6 +184,25 @@ pub async fn read_announce(stdout: ChildStdout, timeout: Duration) -> Announce {
 
 /// Resolves once the process behind `pidfd` has exited, reaping it if it is our child.
 pub async fn wait_exit(pidfd: OwnedFd) -> io::Result<()> {
+    wait_child(pidfd).await.map(|_| ())
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// A pidfd for a child just spawned (not reaped yet, so `pid` is still that child).
+pub fn child_pidfd(pid: u32) -> io::Result<OwnedFd> {
+    let pid = pid_of(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(io::Error::from)
+}
+
+/// [`wait_exit`], also telling how the process ended when it is our child (`None` when it is
+/// not: its parent reaps it and keeps the status).
+pub async fn wait_child(pidfd: OwnedFd) -> io::Result<Option<ChildExit>> {
     // SAFETY: the AsyncFd owns the pidfd and it is neither closed nor replaced while registered.
     let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }?;
     loop {
@@ -192,9 +211,11 @@ pub async fn wait_exit(pidfd: OwnedFd) -> io::Result<()> {
             WaitId::PidFd(fd.get_ref().as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
-            Ok(Some(_)) => return Ok(()),
+            Ok(Some(status)) => {
+                return Ok(Some(ChildExit { code: status.exit_status(), signal: status.terminating_signal() }));
+            }
             // Not our child (re-attached after a restart): its parent reaps it; readable means gone.
-            Err(rustix::io::Errno::CHILD) => return Ok(()),
+            Err(rustix::io::Errno::CHILD) => return Ok(None),
             Ok(None) => guard.clear_ready(),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),

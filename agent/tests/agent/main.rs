@@ -5,6 +5,7 @@
 //! executor (see `main`), which libtest's argument parsing would refuse — hence this small runner
 //! (`harness = false`): `cargo test -p atoll-agent --test agent -- [FILTER…] [--list]`.
 
+mod health;
 mod support;
 mod tests;
 
@@ -34,6 +35,7 @@ fn main() {
     let exact = args.iter().any(|a| a == "--exact");
     let selected: Vec<&(&str, fn())> = tests::ALL
         .iter()
+        .chain(health::ALL)
         .filter(|(name, _)| {
             filters.is_empty() || filters.iter().any(|f| if exact { name == f } else { name.contains(f) })
         })
