@@ -1,6 +1,7 @@
 //! `atoll`: the one binary — every daemon (`up`, `master`, `agent`, the per-task `executor`)
-//! and the operator commands (`run`, `node`, `task`, `events`).
+//! and the operator commands (`run`, `node`, `task`, `events`, `app`, `deployment`).
 
+mod apps;
 mod client;
 mod daemons;
 mod operator;
@@ -47,6 +48,12 @@ enum Command {
     Task(operator::TaskCommand),
     /// Follow the cluster event stream
     Events(operator::EventsArgs),
+    /// Long-running services (Marathon-style apps)
+    #[command(subcommand)]
+    App(apps::AppCommand),
+    /// Deployments of apps in progress
+    #[command(subcommand)]
+    Deployment(apps::DeploymentCommand),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +85,8 @@ fn main() -> ExitCode {
             Command::Node(command) => operator::node(&ctx, command).await.map(|()| 0),
             Command::Task(command) => operator::task(&ctx, command).await.map(|()| 0),
             Command::Events(args) => operator::events(&ctx, args).await.map(|()| 0),
+            Command::App(command) => apps::app(&ctx, command).await,
+            Command::Deployment(command) => apps::deployment(&ctx, command).await,
         }
     });
     match result {

@@ -9,7 +9,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, ClusterState, Event, FrameworkId, FrameworkInfo, Task, TaskId, TaskStatus, Time,
+    Agent, AgentId, AgentState, ClusterState, Event, EventKind, FrameworkId, FrameworkInfo, Task, TaskId, TaskStatus,
+    Time,
 };
 use atoll_scheduler_core::master::{
     AgentCommand, AgentRegistration, ConnId, Master, MasterError, Output, SchedulerCall, SchedulerEvent,
@@ -47,6 +48,8 @@ fn answer<T: Send + 'static>(replies: &mut Vec<Reply>, reply: oneshot::Sender<T>
     }));
 }
 
+// Sent once per request over a channel; boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     RegisterAgent {
         conn: ConnId,
@@ -102,6 +105,10 @@ enum Command {
         key: String,
         value: Vec<u8>,
         reply: oneshot::Sender<()>,
+    },
+    Record {
+        kind: EventKind,
+        reply: oneshot::Sender<Result<(), MasterError>>,
     },
 }
 
@@ -226,6 +233,12 @@ impl MasterHandle {
 
     pub async fn watch(&self, snapshot: bool) -> Result<Watch, ActorError> {
         self.ask(|reply| Command::Watch { snapshot, reply }).await
+    }
+
+    /// Records an app or deployment change (from the services framework) in the event log;
+    /// answered once it is durable.
+    pub async fn record(&self, kind: EventKind) -> Result<(), ActorError> {
+        Ok(self.ask(|reply| Command::Record { kind, reply }).await??)
     }
 
     /// Stores a small value for a built-in framework, in commit order with everything else.
@@ -377,6 +390,10 @@ impl Actor {
                 let index = self.master.last_index();
                 let state = snapshot.then(|| self.master.state());
                 let _ = reply.send(Watch { receiver, index, state });
+            }
+            Command::Record { kind, reply } => {
+                let result = self.master.record(kind, now);
+                answer(replies, reply, result);
             }
             Command::PutMeta { key, value, reply } => {
                 meta.push((key, value));

@@ -77,6 +77,10 @@ pub struct MasterSettings {
     /// Smallest offer worth making, alternatives separated by `|` [default: cpus:0.01|mem:32]
     #[arg(long)]
     pub min_allocatable_resources: Option<String>,
+    /// Name the built-in services framework registers under; task DNS names end in
+    /// `.<name>.mesos` [default: marathon]
+    #[arg(long)]
+    pub services_framework_name: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -111,6 +115,7 @@ impl MasterSettings {
             completed_tasks_per_framework,
             role_weights,
             min_allocatable_resources,
+            services_framework_name,
         )
     }
 
@@ -172,6 +177,13 @@ impl MasterSettings {
             config,
             event_retention: retention,
             role_weights,
+            services_framework_name: match self.services_framework_name {
+                Some(name) if name.trim().is_empty() => {
+                    return Err(invalid("services-framework-name", "must not be empty"));
+                }
+                Some(name) => name,
+                None => "marathon".to_owned(),
+            },
         })
     }
 }
@@ -184,6 +196,7 @@ pub struct MasterOptions {
     pub config: MasterConfig,
     pub event_retention: u64,
     pub role_weights: BTreeMap<String, f64>,
+    pub services_framework_name: String,
 }
 
 impl Default for MasterOptions {

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod registry;
 pub mod run;
 pub mod server;
+pub mod services;
 pub mod wire;

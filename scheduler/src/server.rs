@@ -59,11 +59,12 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
     let metrics = Arc::new(Metrics::new());
     let handle = actor::spawn(master, registry, metrics);
     let run = crate::run::spawn(handle.clone());
+    let services = crate::services::spawn(handle.clone(), options.services_framework_name.clone());
     let grpc = tonic::service::Routes::new(SchedulerServer::new(SchedulerService::new(handle.clone())))
         .add_service(AgentRegistryServer::new(AgentService::new(handle.clone())))
         .add_service(OperatorServer::new(OperatorService::new(handle.clone())))
         .into_axum_router();
-    let app = router(ApiState { master: handle, run }).merge(grpc);
+    let app = router(ApiState { master: handle, run }).merge(crate::services::api::router(services)).merge(grpc);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: options.listen, source })?;

@@ -31,6 +31,27 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// The host ports this test process's agents offer: a block of 50 below the kernel's
+/// ephemeral range, picked per process, so concurrent tests do not hand out the same port.
+pub fn test_port_range() -> (u16, u16) {
+    static RANGE: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        // 10000..30000 in blocks of 50: 400 blocks.
+        let block = (seed.wrapping_mul(6364136223846793005) >> 33) % 400;
+        let base = 10_000 + (block as u16) * 50;
+        (base, base + 49)
+    })
+}
+
+/// `--resources` for a test agent: small, with this process's port range.
+pub fn test_resources(extra: &str) -> String {
+    let (begin, end) = test_port_range();
+    let sep = if extra.is_empty() { "" } else { ";" };
+    format!("cpus:4;mem:4096;disk:1000;ports:[{begin}-{end}]{sep}{extra}")
+}
+
 /// Fails a test that needs root, unless skipping was asked for explicitly.
 pub fn require_root(what: &str) -> bool {
     if rustix_is_root() {
@@ -151,6 +172,7 @@ impl Cluster {
             .args(["agent", "--master", &self.master_url(), "--listen", &format!("127.0.0.1:{}", self.agent_port)])
             .arg("--data-dir")
             .arg(self.agent_dir())
+            .args(self.resources_flag())
             .args(&self.agent_flags)
             .env("ATOLL_LOG", "info")
             .stdout(Stdio::null())
@@ -159,6 +181,15 @@ impl Cluster {
             .context("starting atoll agent")?;
         self.agent = Some(child);
         Ok(())
+    }
+
+    /// Unless the test names its own, the agent offers this process's port range.
+    fn resources_flag(&self) -> Vec<String> {
+        if self.agent_flags.iter().any(|f| f == "--resources") {
+            Vec::new()
+        } else {
+            vec!["--resources".into(), test_resources("")]
+        }
     }
 
     pub fn agent_dir(&self) -> PathBuf {

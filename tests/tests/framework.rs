@@ -143,7 +143,9 @@ fn state_of(status: &pb::TaskStatus) -> pb::TaskState {
 
 #[tokio::test]
 async fn a_framework_gets_offers_launches_acknowledges_reconciles_and_tears_down() {
-    let cluster = Cluster::start_with(&["--resources", "cpus:2;mem:512;disk:100;ports:[31000-31009]"]).await.unwrap();
+    let (begin, _) = atoll_tests::test_port_range();
+    let resources = format!("cpus:2;mem:512;disk:100;ports:[{begin}-{}]", begin + 9);
+    let cluster = Cluster::start_with(&["--resources", &resources]).await.unwrap();
     let mut framework = Framework::subscribe(&cluster, "test-framework").await;
     let offers = framework.next_offers().await;
     assert_eq!(offers.len(), 1);
