@@ -278,3 +278,105 @@ async fn the_cli_deploys_scales_and_removes_apps() {
     .unwrap();
     assert!(cluster.get("/v2/apps/cli").await.is_err());
 }
+
+#[tokio::test]
+async fn a_second_change_is_refused_while_deploying_unless_forced_and_rollback_restores() {
+    let cluster = Cluster::start().await.unwrap();
+    let gate = cluster.dir.path().join("never");
+    let definition = json!({
+        "id": "/shop/locked",
+        "instances": 1,
+        "cmd": "exec sleep 1000",
+        "cpus": 0.05,
+        "mem": 16,
+        "healthChecks": [{
+            "protocol": "COMMAND", "command": { "value": format!("test -e {}", gate.display()) },
+            "gracePeriodSeconds": 300, "intervalSeconds": 1, "maxConsecutiveFailures": 0, "delaySeconds": 0
+        }],
+    });
+    let (status, body) = cluster.post("/v2/apps", &definition).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    // The same app through both route forms, with and without the leading slash.
+    let url = format!("{}/v2/apps//shop/locked", cluster.master_url());
+    let first = cluster.http.get(&url).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(first["app"]["id"], "/shop/locked");
+    let deployment = first["app"]["deployments"][0]["id"].as_str().unwrap().to_owned();
+
+    let scale = |force: bool| {
+        let http = cluster.http.clone();
+        let url = format!("{}/v2/apps/shop/locked?force={force}", cluster.master_url());
+        async move { http.put(url).json(&json!({ "instances": 2 })).send().await.unwrap() }
+    };
+    let refused = scale(false).await;
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["deployments"][0]["id"], deployment.as_str(), "{body}");
+    assert_eq!(app(&cluster, "/shop/locked").await.unwrap()["instances"], 1, "nothing changed");
+
+    let forced = scale(true).await;
+    assert_eq!(forced.status(), 200);
+    let second = forced.json::<Value>().await.unwrap()["deploymentId"].as_str().unwrap().to_owned();
+    let deployments = cluster.get("/v2/deployments").await.unwrap();
+    let ids: Vec<&str> = deployments.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![second.as_str()], "the forced change superseded the first deployment");
+
+    // Rolling the scale back returns to one instance.
+    let response =
+        cluster.http.delete(format!("{}/v2/deployments/{second}", cluster.master_url())).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app(&cluster, "/shop/locked").await.unwrap()["instances"], 1);
+}
+
+#[tokio::test]
+async fn a_crash_looping_app_backs_off_and_says_why_it_is_not_running() {
+    let cluster = Cluster::start().await.unwrap();
+    let definition = json!({
+        "id": "/broken", "cmd": "exit 3", "cpus": 0.05, "mem": 16,
+        "backoffSeconds": 1, "backoffFactor": 2, "maxLaunchDelaySeconds": 60,
+    });
+    cluster.post("/v2/apps", &definition).await.unwrap();
+    let app_json = wait_for("a recorded failure and a launch delay", LONG, async || {
+        let app = app(&cluster, "/broken").await?;
+        Ok((app.get("lastTaskFailure").is_some() && app["queue"]["delay"]["until"].is_string()).then_some(app))
+    })
+    .await
+    .unwrap();
+    assert_eq!(app_json["lastTaskFailure"]["state"], "TASK_FAILED");
+    assert!(app_json["lastTaskFailure"]["message"].as_str().unwrap().contains("status 3"), "{app_json}");
+
+    let greedy = json!({ "id": "/greedy", "cmd": "sleep 1000", "cpus": 64, "mem": 16 });
+    cluster.post("/v2/apps", &greedy).await.unwrap();
+    let app_json = wait_for("a declined-offers summary", LONG, async || {
+        let app = app(&cluster, "/greedy").await?;
+        let reasons = app["queue"]["processedOffersSummary"]["rejectSummaryLastOffers"].clone();
+        Ok(reasons.as_array().is_some_and(|r| !r.is_empty()).then_some(app))
+    })
+    .await
+    .unwrap();
+    let reason = app_json["queue"]["processedOffersSummary"]["rejectSummaryLastOffers"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("cpus"), "{reason}");
+    let output = cluster.run_atoll(&["app", "show", "/greedy"], LONG).await.unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("cpus"), "the CLI shows why");
+}
+
+#[tokio::test]
+async fn the_marathon_event_bus_reports_deployments_status_and_health() {
+    let cluster = Cluster::start().await.unwrap();
+    let mut bus = SseStream::open(&format!("{}/v2/events", cluster.master_url()), None).await.unwrap();
+    cluster.post("/v2/apps", &web_app("/bus", 1, "")).await.unwrap();
+    let mut seen = BTreeSet::new();
+    while !seen.contains("deployment_success") {
+        let event = bus.next(LONG).await.unwrap().unwrap_or_else(|| panic!("bus ended\n{}", cluster.logs()));
+        let kind = event["eventType"].as_str().unwrap().to_owned();
+        if kind == "status_update_event" {
+            assert_eq!(event["appId"], "/bus");
+        }
+        if kind == "health_status_changed_event" {
+            assert_eq!(event["alive"], true);
+        }
+        seen.insert(kind);
+    }
+    for kind in ["api_post_event", "deployment_info", "status_update_event", "health_status_changed_event"] {
+        assert!(seen.contains(kind), "{kind} missing from {seen:?}");
+    }
+}
