@@ -1,15 +1,14 @@
 //! Marathon's JSON shapes for apps, tasks and deployments, so Marathon clients read Atoll.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use atoll_proto::model::{AppId, Deployment, DeploymentAction, TaskState, Time};
 use serde_json::{Value, json};
 
 use super::{AppView, TaskRecord};
 
-/// Marathon's version/timestamp format: RFC 3339 with milliseconds, UTC.
+/// Marathon's version/timestamp format: RFC 3339 with milliseconds, UTC (the same form the
+/// tasks' version labels carry).
 pub fn version(time: Time) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(time.0)).to_string()
+    atoll_scheduler_core::services::format_version(time)
 }
 
 fn action_name(action: DeploymentAction) -> &'static str {

@@ -21,6 +21,7 @@ use atoll_proto::model::{
     FrameworkId, FrameworkInfo, Source, Task, TaskId, TaskInfo, TaskState, TaskStatus, Time,
 };
 use atoll_scheduler_core::master::{ConnId, MasterError, OfferView, SchedulerCall, SchedulerEvent};
+use atoll_scheduler_core::services;
 use atoll_scheduler_core::services::backoff::Backoff;
 use atoll_scheduler_core::services::constraints::Placement;
 use atoll_scheduler_core::services::matching::{self, Mismatch};
@@ -520,9 +521,7 @@ impl Services {
             Some(current) => {
                 self.check_lock(&id, force)?;
                 let previous = Some(current.definition.clone());
-                let only_scale = AppDefinition { instances: current.definition.instances, ..definition.clone() }
-                    == current.definition;
-                let (action, config_version) = if only_scale {
+                let (action, config_version) = if !services::config_changed(&current.definition, &definition) {
                     (DeploymentAction::ScaleApplication, current.config_version)
                 } else {
                     (DeploymentAction::RestartApplication, now)
