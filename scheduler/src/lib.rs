@@ -8,6 +8,7 @@ pub mod actor;
 pub mod config;
 pub mod events;
 pub mod grpc;
+pub mod hosted;
 pub mod http;
 pub mod metrics;
 pub mod registry;

@@ -6,14 +6,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use atoll_proto::model::{
-    AgentState, Capability, CommandInfo, FrameworkId, FrameworkInfo, Labels, Resources, TaskId, TaskInfo,
-};
-use atoll_scheduler_core::master::{MasterError, OfferView, SchedulerCall, SchedulerEvent};
+use atoll_proto::model::{AgentState, CommandInfo, FrameworkId, Labels, Resources, TaskId, TaskInfo};
+use atoll_scheduler_core::master::{OfferView, SchedulerCall, SchedulerEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{ActorError, CONNECTION_BUFFER, MasterHandle};
+use crate::actor::MasterHandle;
+use crate::hosted::{Identity, Subscription};
 
 const FRAMEWORK_NAME: &str = "atoll-run";
 const META_FRAMEWORK_ID: &str = "hosted.run.framework_id";
@@ -175,33 +174,21 @@ pub fn spawn(handle: MasterHandle) -> RunHandle {
 
 struct RunFramework {
     handle: MasterHandle,
-    framework_id: Option<FrameworkId>,
+    identity: Identity,
     queue: VecDeque<Pending>,
-}
-
-/// The live subscription.
-struct Subscription {
-    conn: atoll_scheduler_core::master::ConnId,
-    framework_id: FrameworkId,
-    events: mpsc::Receiver<SchedulerEvent>,
 }
 
 impl RunFramework {
     fn load(handle: MasterHandle) -> RunFramework {
-        let registry = handle.registry();
-        let framework_id = registry
-            .meta(META_FRAMEWORK_ID)
-            .ok()
-            .flatten()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .map(FrameworkId);
-        let queue = registry
+        let identity = Identity::load(&handle, FRAMEWORK_NAME, META_FRAMEWORK_ID);
+        let queue = handle
+            .registry()
             .meta(META_QUEUE)
             .ok()
             .flatten()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        RunFramework { handle, framework_id, queue }
+        RunFramework { handle, identity, queue }
     }
 
     async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) {
@@ -233,49 +220,12 @@ impl RunFramework {
     }
 
     async fn subscribe(&mut self) -> Option<Subscription> {
-        let mut info = FrameworkInfo::named(FRAMEWORK_NAME);
-        info.user = "root".into();
-        // Hosted: it never disconnects except across master restarts, and then it comes
-        // straight back; a long failover keeps detached tasks safe meanwhile.
-        info.failover_timeout_secs = 7.0 * 24.0 * 3600.0;
-        info.capabilities = vec![Capability::PartitionAware, Capability::TaskKillingState];
-        let conn = self.handle.new_conn();
-        let (tx, events) = mpsc::channel(CONNECTION_BUFFER);
-        let result = self.handle.subscribe(conn, self.framework_id.clone(), info.clone(), true, tx).await;
-        let framework_id = match result {
-            Ok(id) => id,
-            Err(ActorError::Master(MasterError::FrameworkRemoved(_))) => {
-                // Someone tore it down; start over as a new framework.
-                let (tx, fresh) = mpsc::channel(CONNECTION_BUFFER);
-                let conn = self.handle.new_conn();
-                match self.handle.subscribe(conn, None, info, true, tx).await {
-                    Ok(id) => {
-                        self.remember_id(&id).await;
-                        return Some(Subscription { conn, framework_id: id, events: fresh });
-                    }
-                    Err(e) => {
-                        tracing::warn!("run framework could not subscribe: {e}");
-                        return None;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!("run framework could not subscribe: {e}");
-                return None;
-            }
-        };
-        if self.framework_id.as_ref() != Some(&framework_id) {
-            self.remember_id(&framework_id).await;
-        }
+        let subscription = self.identity.subscribe(&self.handle).await?;
         if self.queue.is_empty() {
-            let _ = self.handle.framework_call(conn, framework_id.clone(), SchedulerCall::Suppress).await;
+            let call = SchedulerCall::Suppress;
+            let _ = self.handle.framework_call(subscription.conn, subscription.framework_id.clone(), call).await;
         }
-        Some(Subscription { conn, framework_id, events })
-    }
-
-    async fn remember_id(&mut self, id: &FrameworkId) {
-        self.framework_id = Some(id.clone());
-        let _ = self.handle.put_meta(META_FRAMEWORK_ID.into(), id.as_str().as_bytes().to_vec()).await;
+        Some(subscription)
     }
 
     async fn save_queue(&self) {

@@ -17,10 +17,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use atoll_proto::model::{
-    AgentId, App, AppDefinition, AppId, Capability, Deployment, DeploymentAction, DeploymentOutcome, EventKind,
-    FrameworkId, FrameworkInfo, Source, Task, TaskId, TaskInfo, TaskState, TaskStatus, Time,
+    AgentId, App, AppDefinition, AppId, Deployment, DeploymentAction, DeploymentOutcome, EventKind, FrameworkId,
+    Source, Task, TaskId, TaskInfo, TaskState, TaskStatus, Time,
 };
-use atoll_scheduler_core::master::{ConnId, MasterError, OfferView, SchedulerCall, SchedulerEvent};
+use atoll_scheduler_core::master::{OfferView, SchedulerCall, SchedulerEvent};
 use atoll_scheduler_core::services;
 use atoll_scheduler_core::services::backoff::Backoff;
 use atoll_scheduler_core::services::constraints::Placement;
@@ -29,7 +29,8 @@ use atoll_scheduler_core::services::reconcile::{self, Observed};
 use atoll_scheduler_core::services::validate::ValidationErrors;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{ActorError, CONNECTION_BUFFER, MasterHandle};
+use crate::actor::{ActorError, MasterHandle};
+use crate::hosted::{Identity, Subscription};
 
 const META_FRAMEWORK_ID: &str = "hosted.services.framework_id";
 /// Offers that fit nothing wanted now are refused this long (a new need revives at once).
@@ -264,16 +265,9 @@ pub fn spawn(master: MasterHandle, name: String) -> ServicesHandle {
     handle
 }
 
-struct Subscription {
-    conn: ConnId,
-    framework_id: FrameworkId,
-    events: mpsc::Receiver<SchedulerEvent>,
-}
-
 struct Services {
     master: MasterHandle,
-    name: String,
-    framework_id: Option<FrameworkId>,
+    identity: Identity,
     apps: BTreeMap<AppId, App>,
     /// At most one deployment per app; a forced change supersedes it.
     deployments: BTreeMap<AppId, Deployment>,
@@ -294,18 +288,11 @@ struct Services {
 
 impl Services {
     async fn load(master: MasterHandle, name: String) -> Result<Services, ActorError> {
-        let framework_id = master
-            .registry()
-            .meta(META_FRAMEWORK_ID)
-            .ok()
-            .flatten()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .map(FrameworkId);
+        let identity = Identity::load(&master, name, META_FRAMEWORK_ID);
         let state = master.state().await?;
         let mut services = Services {
             master,
-            name,
-            framework_id,
+            identity,
             apps: state.apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             deployments: state.deployments.into_iter().map(|d| (d.app_id.clone(), d)).collect(),
             tasks: BTreeMap::new(),
@@ -326,7 +313,7 @@ impl Services {
                 Placement { hostname: agent.hostname.clone(), attributes: agent.attributes.clone() },
             );
         }
-        if let Some(framework_id) = &services.framework_id {
+        if let Some(framework_id) = &services.identity.framework_id.clone() {
             for task in state.tasks.iter().filter(|t| &t.framework_id == framework_id && !t.state.is_terminal()) {
                 if let Some(record) = services.record_of(task) {
                     if task.state == TaskState::Killing {
@@ -404,32 +391,7 @@ impl Services {
     }
 
     async fn subscribe(&mut self) -> Option<Subscription> {
-        let mut info = FrameworkInfo::named(self.name.clone());
-        info.user = "root".into();
-        // Hosted: it leaves only with the master, and comes straight back with it.
-        info.failover_timeout_secs = 7.0 * 24.0 * 3600.0;
-        info.capabilities = vec![Capability::PartitionAware, Capability::TaskKillingState];
-        for attempt in [self.framework_id.clone(), None] {
-            let conn = self.master.new_conn();
-            let (tx, events) = mpsc::channel(CONNECTION_BUFFER);
-            match self.master.subscribe(conn, attempt.clone(), info.clone(), true, tx).await {
-                Ok(framework_id) => {
-                    if self.framework_id.as_ref() != Some(&framework_id) {
-                        self.framework_id = Some(framework_id.clone());
-                        let bytes = framework_id.as_str().as_bytes().to_vec();
-                        let _ = self.master.put_meta(META_FRAMEWORK_ID.into(), bytes).await;
-                    }
-                    return Some(Subscription { conn, framework_id, events });
-                }
-                // Torn down by an operator: start over as a new framework.
-                Err(ActorError::Master(MasterError::FrameworkRemoved(_))) if attempt.is_some() => continue,
-                Err(e) => {
-                    tracing::warn!("services framework could not subscribe: {e}");
-                    return None;
-                }
-            }
-        }
-        None
+        self.identity.subscribe(&self.master).await
     }
 
     async fn call(&self, sub: &Subscription, call: SchedulerCall) {
@@ -485,7 +447,8 @@ impl Services {
                 let _ = reply.send(self.deployments.values().cloned().collect());
             }
             Request::Info { reply } => {
-                let _ = reply.send(Info { name: self.name.clone(), framework_id: self.framework_id.clone() });
+                let info = Info { name: self.identity.name.clone(), framework_id: self.identity.framework_id.clone() };
+                let _ = reply.send(info);
             }
         }
         if let Some(sub) = sub {
