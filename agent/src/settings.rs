@@ -259,15 +259,7 @@ fn check_cgroup_root(root: &str) -> Result<(), SettingsError> {
 }
 
 fn default_data_dir() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/atoll/agent");
-    }
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    data_home.join("atoll/agent")
+    atoll_proto::paths::default_data_dir("agent")
 }
 
 /// Makes `dir` absolute and resolves symlinks in the part that exists, without creating

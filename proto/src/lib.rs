@@ -22,3 +22,4 @@ pub mod pb {
 
 pub mod convert;
 pub mod model;
+pub mod paths;

@@ -222,22 +222,7 @@ fn parse_role_weights(text: &str) -> Result<BTreeMap<String, f64>, ConfigError> 
     Ok(weights)
 }
 
-/// `/var/lib/atoll/<daemon>` as root, `~/.local/share/atoll/<daemon>` otherwise.
-pub fn default_data_dir(daemon: &str) -> PathBuf {
-    default_data_root().join(daemon)
-}
-
-/// `/var/lib/atoll` as root, `$XDG_DATA_HOME/atoll` or `~/.local/share/atoll` otherwise.
-pub fn default_data_root() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/atoll");
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("atoll")
-}
+pub use atoll_proto::paths::{default_data_dir, default_data_root};
 
 #[cfg(test)]
 mod tests {
