@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use atoll_agent::{AgentSettings, StopMode};
+use atoll_dns::settings::DnsSettings;
 use atoll_scheduler::config::{MasterSettings, default_data_root};
 use clap::Args;
 use serde::Deserialize;
@@ -42,13 +43,19 @@ pub struct UpArgs {
     /// Agent HTTP address [default: 127.0.0.1:5051]
     #[arg(long)]
     agent_listen: Option<SocketAddr>,
+    /// DNS address, UDP and TCP; repeatable [default: 127.0.0.1:8053, a port that needs no root]
+    #[arg(long)]
+    dns_listen: Vec<SocketAddr>,
+    /// DNS HTTP API address [default: 127.0.0.1:8123]
+    #[arg(long)]
+    dns_http_listen: Option<SocketAddr>,
     /// Agent resources, e.g. `cpus:2;mem:2048;ports:[31000-32000]` (detected by default)
     #[arg(long)]
     resources: Option<String>,
     /// Agent attributes, e.g. `rack:r1;zone:a`
     #[arg(long)]
     attributes: Option<String>,
-    /// TOML file with a [master] and an [agent] table of daemon settings (flags win)
+    /// TOML file with [master], [agent] and [dns] tables of daemon settings (flags win)
     #[arg(long)]
     config: Option<PathBuf>,
     /// On stop, leave the tasks running (the next `atoll up` recovers them)
@@ -64,10 +71,12 @@ struct UpFile {
     master: MasterSettings,
     #[serde(default)]
     agent: AgentSettings,
+    #[serde(default)]
+    dns: DnsSettings,
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
+pub async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
@@ -149,18 +158,46 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     };
     let agent_options = agent_flags.over(file.agent).resolve()?;
     let agent_listen = agent_options.listen;
+    let dns_flags = DnsSettings {
+        listen: if args.dns_listen.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 1], 8053))]
+        } else {
+            args.dns_listen
+        },
+        http_listen: args.dns_http_listen,
+        data_dir: Some(data_dir.join("dns")),
+        master: Some(master_url.clone()),
+        ..DnsSettings::default()
+    };
+    let dns_options = dns_flags.over(file.dns).resolve()?;
 
     let master = atoll_scheduler::server::start(master_options).await?;
     let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
     let master_task = tokio::spawn(master.serve(async move {
         let _ = master_stopped.await;
     }));
+    let dns = atoll_dns::daemon::start(dns_options).await?;
+    let dns_addrs = dns.dns_addrs();
+    let dns_http = dns.http_addr();
+    let (stop_dns, dns_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dns_task = tokio::spawn(dns.serve(async move {
+        let _ = dns_stopped.await;
+    }));
 
     println!("atoll is up");
     println!("  master  {master_url}  (HTTP API, gRPC, event stream at /v1/events)");
     println!("  agent   http://{agent_listen}");
+    for addr in &dns_addrs {
+        println!("  dns     {addr} (UDP and TCP; names under .mesos)");
+    }
+    if let Some(http) = dns_http {
+        println!("  dns api http://{http}");
+    }
     println!("  data    {}", data_dir.display());
     println!("try:  atoll run -- echo hello      atoll task list      atoll events");
+    if let Some(addr) = dns_addrs.first() {
+        println!("      ATOLL_DNS={addr} atoll dns lookup leader.mesos");
+    }
     println!("stop with Ctrl-C{}", if args.keep_tasks { " (tasks keep running)" } else { " (stops every task)" });
 
     let keep_tasks = args.keep_tasks;
@@ -169,9 +206,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         if keep_tasks { StopMode::LeaveTasks } else { StopMode::KillTasks }
     })
     .await;
+    let _ = stop_dns.send(());
     let _ = stop_master.send(());
+    let dns_result = dns_task.await.context("the DNS task failed")?;
     let master_result = master_task.await.context("the master task failed")?;
     agent_result?;
+    dns_result?;
     master_result?;
     Ok(0)
 }

@@ -4,6 +4,7 @@
 mod apps;
 mod client;
 mod daemons;
+mod dns;
 mod operator;
 mod table;
 
@@ -32,6 +33,8 @@ enum Command {
     Master(daemons::MasterArgs),
     /// Run the agent daemon (uses --master to find the master)
     Agent(daemons::AgentArgs),
+    /// Run the DNS server (Mesos-DNS naming from the event stream), or query it
+    Dns(dns::DnsArgs),
     /// The per-task supervisor the agent starts (not for direct use)
     #[command(hide = true)]
     Executor {
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
         let code = atoll_agent::executor::main_with_spec(spec);
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
-    let daemon = matches!(cli.command, Command::Up(_) | Command::Master(_) | Command::Agent(_));
+    let daemon = matches!(cli.command, Command::Up(_) | Command::Master(_) | Command::Agent(_) | Command::Dns(_));
     init_logging(if daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Up(args) => daemons::up(args).await,
             Command::Master(args) => daemons::master(args).await,
             Command::Agent(args) => daemons::agent(args, master_flag).await,
+            Command::Dns(args) => dns::dns(&ctx, args, master_flag).await,
             Command::Executor { .. } => unreachable!("handled before the runtime starts"),
             Command::Run(args) => operator::run(&ctx, args).await,
             Command::Node(command) => operator::node(&ctx, command).await.map(|()| 0),
@@ -99,8 +103,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(default: &str) {
+    // hickory-server logs every request at info; that is query logging, not daemon news.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hickory_server=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }

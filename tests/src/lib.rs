@@ -2,7 +2,7 @@
 //! ports of their own, each test in its own temporary directory, everything killed (by PID)
 //! and cleaned up (`atoll agent --cleanup`: tasks, cgroups) when the test ends, pass or fail.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -103,6 +103,10 @@ pub struct Cluster {
     pub agent_flags: Vec<String>,
     /// Extra master flags used at every master start.
     pub master_flags: Vec<String>,
+    dns: Option<Child>,
+    /// UDP/TCP and HTTP ports of `atoll dns`, once started.
+    pub dns_port: u16,
+    pub dns_http_port: u16,
 }
 
 impl Cluster {
@@ -125,6 +129,9 @@ impl Cluster {
             master: None,
             agent: None,
             http: reqwest::Client::new(),
+            dns: None,
+            dns_port: free_port(),
+            dns_http_port: free_port(),
             agent_flags: agent_flags.iter().map(|s| s.to_string()).collect(),
         };
         cluster.start_master().await?;
@@ -203,6 +210,43 @@ impl Cluster {
             Ok(nodes.as_array().and_then(|a| a.iter().find(|n| n["state"] == "ACTIVE").cloned()))
         })
         .await
+    }
+
+    /// Starts `atoll dns` against this master (forwarding off: tests never reach the host's
+    /// resolvers) and waits for its HTTP API.
+    pub async fn start_dns(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let child = Command::new(atoll_bin())
+            .args(["dns", "--master", &self.master_url(), "--no-forward"])
+            .args(["--listen", &format!("127.0.0.1:{}", self.dns_port)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.dns_http_port)])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("dns"))
+            .args(extra)
+            .env("ATOLL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log("dns.log")?)
+            .spawn()
+            .context("starting atoll dns")?;
+        self.dns = Some(child);
+        let url = format!("http://127.0.0.1:{}/health", self.dns_http_port);
+        let http = self.http.clone();
+        wait_for("the DNS server to answer", Duration::from_secs(20), async || {
+            Ok(http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()))
+        })
+        .await
+    }
+
+    /// SIGKILLs the DNS server and reaps it.
+    pub fn kill_dns(&mut self) {
+        if let Some(mut child) = self.dns.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks this cluster's DNS server over UDP (TCP with `tcp`).
+    pub async fn dns_query(&self, name: &str, kind: &str, tcp: bool) -> anyhow::Result<DnsAnswer> {
+        dns_query(SocketAddr::from(([127, 0, 0, 1], self.dns_port)), name, kind, tcp).await
     }
 
     /// SIGKILLs the master and reaps it.
@@ -289,12 +333,18 @@ impl Cluster {
     /// What the master and agent logged, for failure messages.
     pub fn logs(&self) -> String {
         let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!("--- master.log ---\n{}\n--- agent.log ---\n{}", read("master.log"), read("agent.log"))
+        format!(
+            "--- master.log ---\n{}\n--- agent.log ---\n{}\n--- dns.log ---\n{}",
+            read("master.log"),
+            read("agent.log"),
+            read("dns.log")
+        )
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.kill_dns();
         self.kill_agent();
         self.kill_master();
         // Kill the tasks (they outlive their agent by design) and remove their cgroups.
@@ -362,4 +412,63 @@ impl SseStream {
             }
         }
     }
+}
+
+/// A DNS answer, reduced to what tests look at.
+#[derive(Debug, Clone)]
+pub struct DnsAnswer {
+    pub rcode: String,
+    pub authoritative: bool,
+    pub truncated: bool,
+    /// `name ttl class type data` lines, as hickory prints records.
+    pub answers: Vec<String>,
+    pub authority: Vec<String>,
+    pub additional: Vec<String>,
+}
+
+impl DnsAnswer {
+    /// The data part (last field) of each answer record.
+    pub fn values(&self) -> Vec<String> {
+        self.answers.iter().filter_map(|r| r.split_whitespace().last().map(str::to_owned)).collect()
+    }
+}
+
+/// One query to `server` over UDP or TCP, with a bounded wait.
+pub async fn dns_query(server: SocketAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<DnsAnswer> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kind: RecordType = kind.parse().map_err(|_| anyhow!("bad record type {kind}"))?;
+    let mut query = Message::new(4242, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(Name::from_ascii(name)?, kind));
+    let bytes = query.to_vec()?;
+    let timeout = Duration::from_secs(5);
+    let reply = if tcp {
+        let mut stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(server)).await??;
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        stream.write_all(&framed).await?;
+        let mut length = [0u8; 2];
+        tokio::time::timeout(timeout, stream.read_exact(&mut length)).await??;
+        let mut body = vec![0u8; u16::from_be_bytes(length) as usize];
+        tokio::time::timeout(timeout, stream.read_exact(&mut body)).await??;
+        body
+    } else {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        socket.send_to(&bytes, server).await?;
+        let mut buffer = vec![0u8; 65535];
+        let (n, _) = tokio::time::timeout(timeout, socket.recv_from(&mut buffer)).await??;
+        buffer.truncate(n);
+        buffer
+    };
+    let message = Message::from_vec(&reply)?;
+    let lines = |records: &[hickory_proto::rr::Record]| records.iter().map(|r| r.to_string()).collect();
+    Ok(DnsAnswer {
+        rcode: message.metadata.response_code.to_string(),
+        authoritative: message.metadata.authoritative,
+        truncated: message.metadata.truncation,
+        answers: lines(&message.answers),
+        authority: lines(&message.authorities),
+        additional: lines(&message.additionals),
+    })
 }
