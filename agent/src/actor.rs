@@ -492,6 +492,8 @@ impl Agent {
         use apb::master_message::Message;
         match message {
             Message::Registered(registered) => self.on_registered(registered),
+            // Container networking is not wired into the agent yet: it has no subnets to use.
+            Message::Networks(_) => tracing::debug!("network assignment received; container networking is not enabled"),
             Message::LaunchTask(launch) => self.on_launch_message(launch),
             Message::KillTask(kill) => {
                 let (Some(framework_id), Some(task_id)) = (kill.framework_id, kill.task_id) else {

@@ -307,6 +307,7 @@ mod tests {
                 discovery: None,
                 kill_grace_period_secs: None,
                 health_check: None,
+                networks: Vec::new(),
             },
             run_id: "r1".into(),
             sandbox: sandbox.to_path_buf(),

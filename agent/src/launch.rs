@@ -148,6 +148,7 @@ mod tests {
             discovery: None,
             kill_grace_period_secs: None,
             health_check: None,
+            networks: Vec::new(),
         }
     }
 

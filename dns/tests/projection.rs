@@ -31,6 +31,7 @@ fn agent(id: &str, address: &str) -> Agent {
         drain: false,
         registered_at: Time(0),
         version: String::new(),
+        subnets: Vec::new(),
     }
 }
 
@@ -56,6 +57,7 @@ fn task(framework: &str, id: &str, name: &str, agent: &str, state: TaskState, po
         discovery: None,
         kill_grace_period_secs: None,
         health_check: None,
+        networks: Vec::new(),
     };
     let mut task = Task::launched(FrameworkId::new(framework), info, Time(0));
     task.state = state;

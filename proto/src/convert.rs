@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{
-    self, Agent, AgentInfo, AgentState, App, AppId, AttributeValue, Attributes, Capability, ClusterState, CommandInfo,
+    self, Agent, AgentInfo, AgentState, AgentSubnet, NetworkRequest, TaskPortMapping, App, AppId, AttributeValue, Attributes, Capability, ClusterState, CommandInfo,
     Deployment, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo, HealthCheck,
     HealthCheckKind, Labels, Ranges, Reason, ResourceValue, Resources, Scalar, Source, StreamMessage, Task, TaskInfo,
     TaskState, TaskStatus, Time,
@@ -682,7 +682,91 @@ impl From<&TaskInfo> for pb::TaskInfo {
             discovery: info.discovery.as_ref().map(Into::into),
             kill_policy: kill_policy_to_pb(info.kill_grace_period_secs),
             health_check: info.health_check.as_ref().map(Into::into),
+            container: networks_to_pb(&info.networks),
         }
+    }
+}
+
+fn networks_to_pb(networks: &[NetworkRequest]) -> Option<pb::ContainerInfo> {
+    if networks.is_empty() {
+        return None;
+    }
+    Some(pb::ContainerInfo {
+        r#type: pb::container_info::Type::Mesos as i32,
+        network_infos: networks
+            .iter()
+            .map(|n| pb::NetworkInfo {
+                ip_addresses: n.ip.iter().map(|ip| pb::IpAddress { ip_address: ip.to_string() }).collect(),
+                name: n.name.clone(),
+                port_mappings: n
+                    .port_mappings
+                    .iter()
+                    .map(|m| pb::network_info::PortMapping {
+                        host_port: u32::from(m.host_port),
+                        container_port: u32::from(m.container_port),
+                        protocol: m.protocol.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+fn networks_from_pb(container: Option<pb::ContainerInfo>) -> Result<Vec<NetworkRequest>, ConvertError> {
+    let Some(container) = container else { return Ok(Vec::new()) };
+    let mut networks = Vec::new();
+    for (i, network) in container.network_infos.into_iter().enumerate() {
+        let field = format!("container.network_infos[{i}]");
+        if network.name.is_empty() {
+            return Err(ConvertError::Empty { field: format!("{field}.name") });
+        }
+        let ip = match network.ip_addresses.as_slice() {
+            [] => None,
+            [one] if one.ip_address.is_empty() => None,
+            [one] => Some(parse_ip(&one.ip_address, &format!("{field}.ip_addresses[0].ip_address"))?),
+            _ => {
+                return Err(ConvertError::Unsupported {
+                    field: format!("{field}.ip_addresses"),
+                    value: "more than one address per network",
+                });
+            }
+        };
+        let mut port_mappings = Vec::new();
+        for (j, m) in network.port_mappings.into_iter().enumerate() {
+            let port = |value: u32, name: &str| check_port(value, &format!("{field}.port_mappings[{j}].{name}"));
+            let protocol = if m.protocol.is_empty() { "tcp".to_owned() } else { m.protocol.to_ascii_lowercase() };
+            if protocol != "tcp" && protocol != "udp" {
+                return Err(ConvertError::Unsupported {
+                    field: format!("{field}.port_mappings[{j}].protocol"),
+                    value: "protocol (tcp or udp)",
+                });
+            }
+            port_mappings.push(TaskPortMapping {
+                host_port: port(m.host_port, "host_port")?,
+                container_port: port(m.container_port, "container_port")?,
+                protocol,
+            });
+        }
+        networks.push(NetworkRequest { name: network.name, ip, port_mappings });
+    }
+    Ok(networks)
+}
+
+impl From<&AgentSubnet> for pb::Subnet {
+    fn from(subnet: &AgentSubnet) -> Self {
+        pb::Subnet { pool: subnet.pool.clone(), network: subnet.network.to_string(), gateway: subnet.gateway.to_string() }
+    }
+}
+
+impl TryFrom<pb::Subnet> for AgentSubnet {
+    type Error = ConvertError;
+
+    fn try_from(subnet: pb::Subnet) -> Result<Self, ConvertError> {
+        let network = subnet.network.parse().map_err(|_| ConvertError::BadIp {
+            field: "network".into(),
+            value: subnet.network.clone(),
+        })?;
+        Ok(AgentSubnet { pool: non_empty(subnet.pool, "pool")?, network, gateway: parse_ip(&subnet.gateway, "gateway")? })
     }
 }
 
@@ -776,6 +860,7 @@ impl TryFrom<pb::TaskInfo> for TaskInfo {
             discovery: convert_optional(info.discovery, "discovery")?,
             kill_grace_period_secs: kill_grace_from_pb(info.kill_policy).map_err(|e| e.within("kill_policy"))?,
             health_check: convert_optional(info.health_check, "health_check")?,
+            networks: networks_from_pb(info.container)?,
         })
     }
 }
@@ -789,8 +874,7 @@ fn container_status_to_pb(ip_addresses: &[IpAddr], executor_pid: Option<u32>) ->
     } else {
         vec![pb::NetworkInfo {
             ip_addresses: ip_addresses.iter().map(|ip| pb::IpAddress { ip_address: ip.to_string() }).collect(),
-            name: String::new(),
-        }]
+            name: String::new(), port_mappings: Vec::new() }]
     };
     Some(pb::ContainerStatus { network_infos, executor_pid: executor_pid.unwrap_or(0) })
 }
@@ -921,6 +1005,7 @@ impl TryFrom<operator::Task> for Task {
             discovery: info.discovery,
             kill_grace_period_secs: info.kill_grace_period_secs,
             health_check: info.health_check,
+            networks: info.networks,
             ports,
             ip_addresses: status.ip_addresses.clone(),
             healthy: status.healthy,
@@ -1023,6 +1108,7 @@ impl From<&Agent> for operator::Agent {
             used: (&agent.used).into(),
             version: agent.version.clone(),
             drain: agent.drain,
+            subnets: agent.subnets.iter().map(Into::into).collect(),
         }
     }
 }
@@ -1046,6 +1132,7 @@ impl TryFrom<operator::Agent> for Agent {
             drain: agent.drain,
             registered_at: time_from_secs(agent.registered_at, "registered_at")?,
             version: agent.version,
+            subnets: convert_each(agent.subnets, "subnets")?,
         })
     }
 }
@@ -1480,6 +1567,7 @@ mod tests {
                     kill_grace_period_secs,
                     health_check,
                 )| {
+                    let with_network = port_hint(&name);
                     TaskInfo {
                         name,
                         task_id: TaskId(task_id),
@@ -1490,6 +1578,19 @@ mod tests {
                         discovery,
                         kill_grace_period_secs,
                         health_check,
+                        networks: if with_network {
+                            vec![NetworkRequest {
+                                name: "atoll".into(),
+                                ip: Some(IpAddr::from([198, 18, 0, 7])),
+                                port_mappings: vec![TaskPortMapping {
+                                    host_port: 31000,
+                                    container_port: 80,
+                                    protocol: "tcp".into(),
+                                }],
+                            }]
+                        } else {
+                            Vec::new()
+                        },
                     }
                 },
             )
@@ -1560,6 +1661,15 @@ mod tests {
                     attributes,
                     state,
                     drain: matches!(state, AgentState::Draining | AgentState::Drained) || version.len() % 2 == 1,
+                    subnets: if version.len() % 3 == 0 {
+                        vec![AgentSubnet {
+                            pool: "atoll".into(),
+                            network: "198.18.3.0/24".parse().unwrap(),
+                            gateway: IpAddr::from([198, 18, 3, 1]),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
                     registered_at,
                     version,
                 }
@@ -1747,7 +1857,13 @@ mod tests {
             drain: false,
             registered_at: Time(1_000),
             version: "0.1.0".into(),
+            subnets: Vec::new(),
         }
+    }
+
+    /// Gives some generated tasks a container network, so both shapes round-trip.
+    fn port_hint(name: &str) -> bool {
+        name.len() % 2 == 1
     }
 
     fn err_of<D, P>(value: P) -> String
@@ -1867,15 +1983,13 @@ mod tests {
             network_infos: vec![
                 pb::NetworkInfo {
                     ip_addresses: vec![pb::IpAddress { ip_address: "10.1.0.2".into() }],
-                    name: "a".into(),
-                },
+                    name: "a".into(), port_mappings: Vec::new() },
                 pb::NetworkInfo {
                     ip_addresses: vec![
                         pb::IpAddress { ip_address: "fd00::2".into() },
                         pb::IpAddress { ip_address: "10.1.0.999".into() },
                     ],
-                    name: "b".into(),
-                },
+                    name: "b".into(), port_mappings: Vec::new() },
             ],
             executor_pid: 0,
         });
@@ -1893,15 +2007,13 @@ mod tests {
             network_infos: vec![
                 pb::NetworkInfo {
                     ip_addresses: vec![pb::IpAddress { ip_address: "10.1.0.2".into() }],
-                    name: "a".into(),
-                },
+                    name: "a".into(), port_mappings: Vec::new() },
                 pb::NetworkInfo {
                     ip_addresses: vec![
                         pb::IpAddress { ip_address: String::new() },
                         pb::IpAddress { ip_address: "fd00::2".into() },
                     ],
-                    name: "b".into(),
-                },
+                    name: "b".into(), port_mappings: Vec::new() },
             ],
             executor_pid: 0,
         });
@@ -2040,8 +2152,7 @@ mod tests {
                 container_status: Some(pb::ContainerStatus {
                     network_infos: vec![pb::NetworkInfo {
                         ip_addresses: vec![pb::IpAddress { ip_address: "10.1.0.2".into() }],
-                        name: String::new(),
-                    }],
+                        name: String::new(), port_mappings: Vec::new() }],
                     executor_pid: 42,
                 }),
                 ..status()

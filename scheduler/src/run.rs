@@ -347,6 +347,7 @@ fn place(pending: &Pending, offer: &OfferView, left: &Resources) -> Option<TaskI
         discovery: None,
         kill_grace_period_secs: pending.kill_grace_period_secs,
         health_check: None,
+        networks: Vec::new(),
     })
 }
 

@@ -190,6 +190,7 @@ pub fn agent_command_to_pb(command: &AgentCommand) -> apb::MasterMessage {
         AgentCommand::Registered { agent_id, heartbeat_interval } => Message::Registered(apb::Registered {
             agent_id: Some(agent_id.into()),
             heartbeat_interval_seconds: heartbeat_interval.as_secs_f64(),
+            networks: None,
         }),
         AgentCommand::Launch { framework, task } => {
             Message::LaunchTask(apb::LaunchTask { framework: Some(framework.into()), task: Some(task.into()) })

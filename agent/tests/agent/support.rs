@@ -387,6 +387,7 @@ impl FakeMaster {
         self.send(ToAgent::Registered(apb::Registered {
             agent_id: Some(pb::AgentId { value: agent_id.into() }),
             heartbeat_interval_seconds: 1.0,
+            networks: None,
         }));
     }
 
@@ -493,6 +494,7 @@ pub fn task_info(task_id: &str, command: CommandInfo, resources: &str, grace_sec
         discovery: None,
         kill_grace_period_secs: grace_secs,
         health_check: None,
+        networks: Vec::new(),
     }
 }
 

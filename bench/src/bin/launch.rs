@@ -115,6 +115,7 @@ fn simulate(target: u64, registry: Option<&Registry>) -> anyhow::Result<Run> {
                                 discovery: None,
                                 kill_grace_period_secs: None,
                                 health_check: None,
+                                networks: Vec::new(),
                             });
                         }
                         let call = SchedulerCall::Accept { offer_ids: vec![offer.id], launches, refuse: None };

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AgentId, FrameworkId, Ranges, Resources, Time};
+use super::{AgentId, AgentSubnet, FrameworkId, Ranges, Resources, Time};
 
 /// Key/value labels, ordered by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -164,6 +164,9 @@ pub struct Agent {
     pub registered_at: Time,
     #[serde(default)]
     pub version: String,
+    /// Subnets of IP pools leased to this agent (container networking).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<AgentSubnet>,
 }
 
 /// Mesos framework capabilities that change how the master treats a framework.

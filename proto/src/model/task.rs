@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AgentId, FrameworkId, HealthCheck, Labels, Resources, TaskId, Time};
+use super::{AgentId, FrameworkId, HealthCheck, Labels, NetworkRequest, Resources, TaskId, Time};
 
 /// Mesos task states, with their Mesos names (`TASK_RUNNING`, …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -337,6 +337,9 @@ pub struct TaskInfo {
     /// Run by the agent next to the task; its verdict is the status's `healthy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Container networks to join; empty means host networking.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkRequest>,
 }
 
 /// A task as the cluster knows it: what was launched, where, and its latest status.
@@ -357,6 +360,8 @@ pub struct Task {
     pub kill_grace_period_secs: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkRequest>,
     /// Host ports from the task's `ports` resource, lowest first.
     pub ports: Vec<u64>,
     /// The task's own addresses (empty for host networking).
@@ -384,6 +389,7 @@ impl Task {
             discovery: info.discovery,
             kill_grace_period_secs: info.kill_grace_period_secs,
             health_check: info.health_check,
+            networks: info.networks,
             ports,
             ip_addresses: Vec::new(),
             healthy: None,
@@ -414,6 +420,7 @@ impl Task {
             discovery: self.discovery.clone(),
             kill_grace_period_secs: self.kill_grace_period_secs,
             health_check: self.health_check.clone(),
+            networks: self.networks.clone(),
         }
     }
 }

@@ -367,6 +367,7 @@ impl Master {
                     drain: false,
                     registered_at: now,
                     version,
+                    subnets: Vec::new(),
                 };
                 self.allocator.add_agent(id.clone(), info.resources);
                 self.agents.insert(

@@ -44,6 +44,7 @@ fn task_info(id: &str, agent: &AgentId, resources: &str) -> TaskInfo {
         discovery: None,
         kill_grace_period_secs: None,
         health_check: None,
+        networks: Vec::new(),
     }
 }
 

@@ -286,6 +286,7 @@ pub fn match_offer(
         discovery: Some(discovery(app, &needs, &host_ports)),
         kill_grace_period_secs: def.task_kill_grace_period_seconds,
         health_check,
+        networks: Vec::new(),
     })
 }
 

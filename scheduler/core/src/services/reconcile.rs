@@ -505,6 +505,7 @@ mod tests {
             discovery: None,
             kill_grace_period_secs: None,
             health_check: None,
+            networks: Vec::new(),
         };
         let mut task = Task::launched(FrameworkId::new("f"), info, Time(5));
         assert_eq!(Observed::from_task(&task, Placement::default(), Time(5)), None);
