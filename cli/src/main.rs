@@ -5,6 +5,7 @@ mod apps;
 mod client;
 mod daemons;
 mod dns;
+mod ipam;
 mod operator;
 mod table;
 
@@ -57,6 +58,9 @@ enum Command {
     /// Deployments of apps in progress
     #[command(subcommand)]
     Deployment(apps::DeploymentCommand),
+    /// IP pools and task addresses (container networking)
+    #[command(subcommand)]
+    Ipam(ipam::IpamCommand),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
             Command::Events(args) => operator::events(&ctx, args).await.map(|()| 0),
             Command::App(command) => apps::app(&ctx, command).await,
             Command::Deployment(command) => apps::deployment(&ctx, command).await,
+            Command::Ipam(command) => ipam::ipam(&ctx, command).await,
         }
     });
     match result {

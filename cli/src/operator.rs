@@ -379,6 +379,11 @@ fn summary(event: &Event) -> String {
         EventKind::DeploymentFinished { deployment, outcome } => {
             format!("{} {} {:?}", deployment.id, deployment.app_id, outcome)
         }
+        EventKind::PoolAdded { pool } | EventKind::PoolUpdated { pool } => {
+            let cidrs: Vec<String> = pool.cidrs.iter().map(ToString::to_string).collect();
+            format!("{} {}", pool.name, cidrs.join(","))
+        }
+        EventKind::PoolRemoved { name } => name.clone(),
     }
 }
 

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{
-    self, Agent, AgentInfo, AgentState, AgentSubnet, NetworkRequest, TaskPortMapping, App, AppId, AttributeValue, Attributes, Capability, ClusterState, CommandInfo,
-    Deployment, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo, HealthCheck,
-    HealthCheckKind, Labels, Ranges, Reason, ResourceValue, Resources, Scalar, Source, StreamMessage, Task, TaskInfo,
-    TaskState, TaskStatus, Time,
+    self, Agent, AgentInfo, AgentState, AgentSubnet, App, AppId, AttributeValue, Attributes, Capability, ClusterState,
+    CommandInfo, Deployment, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo,
+    HealthCheck, HealthCheckKind, Labels, NetworkRequest, Ranges, Reason, ResourceValue, Resources, Scalar, Source,
+    StreamMessage, Task, TaskInfo, TaskPortMapping, TaskState, TaskStatus, Time,
 };
 use crate::pb::v1 as pb;
 use crate::pb::v1::operator;
@@ -754,7 +754,11 @@ fn networks_from_pb(container: Option<pb::ContainerInfo>) -> Result<Vec<NetworkR
 
 impl From<&AgentSubnet> for pb::Subnet {
     fn from(subnet: &AgentSubnet) -> Self {
-        pb::Subnet { pool: subnet.pool.clone(), network: subnet.network.to_string(), gateway: subnet.gateway.to_string() }
+        pb::Subnet {
+            pool: subnet.pool.clone(),
+            network: subnet.network.to_string(),
+            gateway: subnet.gateway.to_string(),
+        }
     }
 }
 
@@ -762,11 +766,15 @@ impl TryFrom<pb::Subnet> for AgentSubnet {
     type Error = ConvertError;
 
     fn try_from(subnet: pb::Subnet) -> Result<Self, ConvertError> {
-        let network = subnet.network.parse().map_err(|_| ConvertError::BadIp {
-            field: "network".into(),
-            value: subnet.network.clone(),
-        })?;
-        Ok(AgentSubnet { pool: non_empty(subnet.pool, "pool")?, network, gateway: parse_ip(&subnet.gateway, "gateway")? })
+        let network = subnet
+            .network
+            .parse()
+            .map_err(|_| ConvertError::BadIp { field: "network".into(), value: subnet.network.clone() })?;
+        Ok(AgentSubnet {
+            pool: non_empty(subnet.pool, "pool")?,
+            network,
+            gateway: parse_ip(&subnet.gateway, "gateway")?,
+        })
     }
 }
 
@@ -874,7 +882,9 @@ fn container_status_to_pb(ip_addresses: &[IpAddr], executor_pid: Option<u32>) ->
     } else {
         vec![pb::NetworkInfo {
             ip_addresses: ip_addresses.iter().map(|ip| pb::IpAddress { ip_address: ip.to_string() }).collect(),
-            name: String::new(), port_mappings: Vec::new() }]
+            name: String::new(),
+            port_mappings: Vec::new(),
+        }]
     };
     Some(pb::ContainerStatus { network_infos, executor_pid: executor_pid.unwrap_or(0) })
 }
@@ -1259,6 +1269,9 @@ impl From<&Event> for operator::Event {
                 deployment: Some(deployment.into()),
                 outcome: json_text(outcome).trim_matches('"').to_owned(),
             }),
+            EventKind::PoolAdded { pool } => Kind::PoolAdded(pool_to_pb(pool)),
+            EventKind::PoolUpdated { pool } => Kind::PoolUpdated(pool_to_pb(pool)),
+            EventKind::PoolRemoved { name } => Kind::PoolRemoved(operator::event::PoolRemoved { name: name.clone() }),
         };
         operator::Event { index: event.index, timestamp: event.timestamp.as_secs_f64(), kind: Some(kind) }
     }
@@ -1294,6 +1307,11 @@ impl TryFrom<operator::Event> for Event {
             Kind::DeploymentUpdated(deployment) => {
                 EventKind::DeploymentUpdated { deployment: convert(deployment, "deployment_updated")? }
             }
+            Kind::PoolAdded(pool) => EventKind::PoolAdded { pool: pool_from_pb(pool, "pool_added")? },
+            Kind::PoolUpdated(pool) => EventKind::PoolUpdated { pool: pool_from_pb(pool, "pool_updated")? },
+            Kind::PoolRemoved(removed) => {
+                EventKind::PoolRemoved { name: non_empty(removed.name, "pool_removed.name")? }
+            }
             Kind::DeploymentFinished(finished) => EventKind::DeploymentFinished {
                 deployment: convert_required(finished.deployment, "deployment_finished.deployment")?,
                 outcome: from_json_text(&format!("\"{}\"", finished.outcome), "deployment_finished.outcome")?,
@@ -1312,8 +1330,17 @@ impl From<&ClusterState> for operator::State {
             tasks: state.tasks.iter().map(Into::into).collect(),
             apps: state.apps.iter().map(Into::into).collect(),
             deployments: state.deployments.iter().map(Into::into).collect(),
+            pools: state.pools.iter().map(pool_to_pb).collect(),
         }
     }
+}
+
+fn pool_to_pb(pool: &model::PoolSpec) -> operator::Pool {
+    operator::Pool { name: pool.name.clone(), json: json_text(pool) }
+}
+
+fn pool_from_pb(pool: operator::Pool, field: &str) -> Result<model::PoolSpec, ConvertError> {
+    from_json_text(&pool.json, &format!("{field}.json"))
 }
 
 fn json_text<T: serde::Serialize>(value: &T) -> String {
@@ -1368,6 +1395,12 @@ impl TryFrom<operator::State> for ClusterState {
             tasks: convert_each(state.tasks, "tasks")?,
             apps: convert_each(state.apps, "apps")?,
             deployments: convert_each(state.deployments, "deployments")?,
+            pools: state
+                .pools
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| pool_from_pb(p, &format!("pools[{i}]")))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -1983,13 +2016,17 @@ mod tests {
             network_infos: vec![
                 pb::NetworkInfo {
                     ip_addresses: vec![pb::IpAddress { ip_address: "10.1.0.2".into() }],
-                    name: "a".into(), port_mappings: Vec::new() },
+                    name: "a".into(),
+                    port_mappings: Vec::new(),
+                },
                 pb::NetworkInfo {
                     ip_addresses: vec![
                         pb::IpAddress { ip_address: "fd00::2".into() },
                         pb::IpAddress { ip_address: "10.1.0.999".into() },
                     ],
-                    name: "b".into(), port_mappings: Vec::new() },
+                    name: "b".into(),
+                    port_mappings: Vec::new(),
+                },
             ],
             executor_pid: 0,
         });
@@ -2007,13 +2044,17 @@ mod tests {
             network_infos: vec![
                 pb::NetworkInfo {
                     ip_addresses: vec![pb::IpAddress { ip_address: "10.1.0.2".into() }],
-                    name: "a".into(), port_mappings: Vec::new() },
+                    name: "a".into(),
+                    port_mappings: Vec::new(),
+                },
                 pb::NetworkInfo {
                     ip_addresses: vec![
                         pb::IpAddress { ip_address: String::new() },
                         pb::IpAddress { ip_address: "fd00::2".into() },
                     ],
-                    name: "b".into(), port_mappings: Vec::new() },
+                    name: "b".into(),
+                    port_mappings: Vec::new(),
+                },
             ],
             executor_pid: 0,
         });
@@ -2152,7 +2193,9 @@ mod tests {
                 container_status: Some(pb::ContainerStatus {
                     network_infos: vec![pb::NetworkInfo {
                         ip_addresses: vec![pb::IpAddress { ip_address: "10.1.0.2".into() }],
-                        name: String::new(), port_mappings: Vec::new() }],
+                        name: String::new(),
+                        port_mappings: Vec::new(),
+                    }],
                     executor_pid: 42,
                 }),
                 ..status()

@@ -13,7 +13,8 @@ use atoll_proto::model::{
     Time,
 };
 use atoll_scheduler_core::master::{
-    AgentCommand, AgentRegistration, ConnId, Master, MasterError, Output, SchedulerCall, SchedulerEvent,
+    AgentCommand, AgentRegistration, ConnId, Master, MasterError, Output, PoolView, SchedulerCall, SchedulerEvent,
+    TaskLease,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -110,6 +111,25 @@ enum Command {
         kind: EventKind,
         reply: oneshot::Sender<Result<(), MasterError>>,
     },
+    Ipam {
+        change: IpamChange,
+        reply: oneshot::Sender<Result<(), MasterError>>,
+    },
+    Pools(oneshot::Sender<Vec<PoolView>>),
+    Pool {
+        name: String,
+        reply: oneshot::Sender<Result<PoolView, MasterError>>,
+    },
+    Leases(oneshot::Sender<Vec<TaskLease>>),
+}
+
+/// A change network admins make to the IP pools.
+#[derive(Debug, Clone)]
+pub enum IpamChange {
+    AddPool(atoll_ipam::PoolSpec),
+    UpdatePool(atoll_ipam::PoolSpec),
+    RemovePool(String),
+    Reserve { pool: String, ip: std::net::IpAddr },
 }
 
 /// A live-event receiver positioned right after `index` (and the state at that index when
@@ -239,6 +259,23 @@ impl MasterHandle {
     /// answered once it is durable.
     pub async fn record(&self, kind: EventKind) -> Result<(), ActorError> {
         Ok(self.ask(|reply| Command::Record { kind, reply }).await??)
+    }
+
+    /// Changes the IP pools; answered once the change is durable.
+    pub async fn ipam(&self, change: IpamChange) -> Result<(), ActorError> {
+        Ok(self.ask(|reply| Command::Ipam { change, reply }).await??)
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolView>, ActorError> {
+        self.ask(Command::Pools).await
+    }
+
+    pub async fn pool(&self, name: String) -> Result<PoolView, ActorError> {
+        Ok(self.ask(|reply| Command::Pool { name, reply }).await??)
+    }
+
+    pub async fn leases(&self) -> Result<Vec<TaskLease>, ActorError> {
+        self.ask(Command::Leases).await
     }
 
     /// Stores a small value for a built-in framework, in commit order with everything else.
@@ -391,6 +428,25 @@ impl Actor {
                 let state = snapshot.then(|| self.master.state());
                 let _ = reply.send(Watch { receiver, index, state });
             }
+            Command::Ipam { change, reply } => {
+                let result = match change {
+                    IpamChange::AddPool(spec) => self.master.add_pool(spec, now),
+                    IpamChange::UpdatePool(spec) => self.master.update_pool(spec, now),
+                    IpamChange::RemovePool(name) => self.master.remove_pool(&name, now).map(|_| ()),
+                    IpamChange::Reserve { pool, ip } => self.master.reserve_address(&pool, ip, now),
+                };
+                answer(replies, reply, result);
+            }
+            Command::Pools(reply) => {
+                let names: Vec<String> = self.master.pools().pools().map(|p| p.name.clone()).collect();
+                let views = names.iter().filter_map(|n| self.master.pool_view(n).ok()).collect();
+                answer(replies, reply, views);
+            }
+            Command::Pool { name, reply } => {
+                let view = self.master.pool_view(&name);
+                answer(replies, reply, view);
+            }
+            Command::Leases(reply) => answer(replies, reply, self.master.task_leases()),
             Command::Record { kind, reply } => {
                 let result = self.master.record(kind, now);
                 answer(replies, reply, result);
@@ -428,6 +484,8 @@ impl Actor {
             match output {
                 Output::Event(event) => batch.events.push(event),
                 Output::ForgetTask { framework_id, task_id } => batch.forget_tasks.push((framework_id, task_id)),
+                // The last state of the pools in the batch is the one to keep.
+                Output::SavePools(pools) => batch.pools = Some(pools),
                 _ => {}
             }
         }
@@ -476,6 +534,8 @@ impl Actor {
                 Output::CloseAgent { conn } => {
                     self.agents.remove(&conn);
                 }
+                Output::SavePools(_) => {}
+                Output::Warning(message) => tracing::warn!("{message}"),
             }
         }
         // A connection that cannot keep up (or is gone) is dropped; the peer reconnects and

@@ -77,6 +77,10 @@ pub struct MasterSettings {
     /// Smallest offer worth making, alternatives separated by `|` [default: cpus:0.01|mem:32]
     #[arg(long)]
     pub min_allocatable_resources: Option<String>,
+    /// The CIDR of the IP pool `atoll` a new cluster starts with (a /24 per agent), or `none`
+    /// [default: 198.18.0.0/16]
+    #[arg(long)]
+    pub default_pool: Option<String>,
     /// Name the built-in services framework registers under; task DNS names end in
     /// `.<name>.mesos` [default: marathon]
     #[arg(long)]
@@ -115,6 +119,7 @@ impl MasterSettings {
             completed_tasks_per_framework,
             role_weights,
             min_allocatable_resources,
+            default_pool,
             services_framework_name,
         )
     }
@@ -177,6 +182,16 @@ impl MasterSettings {
             config,
             event_retention: retention,
             role_weights,
+            default_pool: match self.default_pool.as_deref() {
+                None => Some(atoll_ipam::default_pool()),
+                Some("none") => None,
+                Some(cidr) => {
+                    let network = cidr.parse().map_err(|_| {
+                        invalid("default-pool", format!("`{cidr}` is not a CIDR like 198.18.0.0/16, or none"))
+                    })?;
+                    Some(atoll_ipam::PoolSpec::new(atoll_ipam::DEFAULT_POOL, vec![network]))
+                }
+            },
             services_framework_name: match self.services_framework_name {
                 Some(name) if name.trim().is_empty() => {
                     return Err(invalid("services-framework-name", "must not be empty"));
@@ -196,6 +211,8 @@ pub struct MasterOptions {
     pub config: MasterConfig,
     pub event_retention: u64,
     pub role_weights: BTreeMap<String, f64>,
+    /// Created when the registry has no pools yet.
+    pub default_pool: Option<atoll_ipam::PoolSpec>,
     pub services_framework_name: String,
 }
 

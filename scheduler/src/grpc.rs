@@ -45,7 +45,9 @@ pub fn status_from_actor(error: ActorError) -> Status {
                 | MasterError::EmptyFrameworkName
                 | MasterError::AmbiguousTask(..)
                 | MasterError::BadAgentInfo(_)
-                | MasterError::NotRecordable(_) => Status::invalid_argument(message),
+                | MasterError::NotRecordable(_)
+                | MasterError::Ipam(_) => Status::invalid_argument(message),
+                MasterError::PoolInUse { .. } => Status::failed_precondition(message),
             }
         }
     }

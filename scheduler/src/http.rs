@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
-use crate::actor::{ActorError, MasterHandle};
+use crate::actor::{ActorError, IpamChange, MasterHandle};
 use crate::events;
 use crate::run::{RunError, RunHandle, RunRequest};
 use atoll_scheduler_core::master::MasterError;
@@ -44,9 +44,20 @@ impl IntoResponse for ApiError {
 
 impl From<ActorError> for ApiError {
     fn from(error: ActorError) -> ApiError {
+        use atoll_ipam::IpamError;
         let status = match &error {
             ActorError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             ActorError::Master(e) => match e {
+                MasterError::Ipam(IpamError::UnknownPool { .. }) => StatusCode::NOT_FOUND,
+                MasterError::Ipam(
+                    IpamError::PoolExists { .. }
+                    | IpamError::PoolInUse { .. }
+                    | IpamError::SubnetLenInUse { .. }
+                    | IpamError::LeasesOutsidePool { .. }
+                    | IpamError::ExclusionCoversLease { .. }
+                    | IpamError::AddressTaken { .. },
+                )
+                | MasterError::PoolInUse { .. } => StatusCode::CONFLICT,
                 MasterError::UnknownAgent(_) | MasterError::UnknownFramework(_) | MasterError::UnknownTask(_) => {
                     StatusCode::NOT_FOUND
                 }
@@ -94,6 +105,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tasks/{id}", get(show_task))
         .route("/v1/tasks/{id}/kill", post(kill_task))
         .route("/v1/run", post(run_task))
+        .route("/v1/ipam/pools", get(list_pools).post(add_pool))
+        .route("/v1/ipam/pools/{name}", get(show_pool).put(update_pool).delete(remove_pool))
+        .route("/v1/ipam/pools/{name}/reserve", post(reserve_address))
+        .route("/v1/ipam/leases", get(list_leases))
         .with_state(state)
 }
 
@@ -230,4 +245,73 @@ fn sse_event(message: &StreamMessage) -> SseEvent {
         StreamMessage::FellBehind { .. } => event.event("FELL_BEHIND"),
         StreamMessage::Heartbeat => event.event("HEARTBEAT"),
     }
+}
+
+fn pool_spec(body: &Bytes) -> ApiResult<atoll_ipam::PoolSpec> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+async fn list_pools(State(state): State<ApiState>) -> ApiResult<Response> {
+    Ok(json(&state.master.pools().await?))
+}
+
+async fn add_pool(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
+    let spec = pool_spec(&body)?;
+    let name = spec.name.clone();
+    state.master.ipam(IpamChange::AddPool(spec)).await?;
+    Ok((StatusCode::CREATED, axum::Json(state.master.pool(name).await?)).into_response())
+}
+
+async fn show_pool(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(json(&state.master.pool(name).await?))
+}
+
+async fn update_pool(State(state): State<ApiState>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let spec = pool_spec(&body)?;
+    if spec.name != name {
+        return Err(ApiError::bad_request(format!(
+            "name: `{}` does not match the pool in the path (`{name}`)",
+            spec.name
+        )));
+    }
+    state.master.ipam(IpamChange::UpdatePool(spec)).await?;
+    Ok(json(&state.master.pool(name).await?))
+}
+
+async fn remove_pool(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let view = state.master.pool(name.clone()).await?;
+    state.master.ipam(IpamChange::RemovePool(name)).await?;
+    Ok(json(&view.pool))
+}
+
+async fn reserve_address(State(state): State<ApiState>, Path(name): Path<String>, body: Bytes) -> ApiResult<Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reserve {
+        ip: std::net::IpAddr,
+    }
+    let request: Reserve =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    state.master.ipam(IpamChange::Reserve { pool: name.clone(), ip: request.ip }).await?;
+    Ok(json(&state.master.pool(name).await?))
+}
+
+async fn list_leases(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    for key in query.keys() {
+        if key != "agent" && key != "task" {
+            return Err(ApiError::bad_request(format!("unknown query parameter `{key}`")));
+        }
+    }
+    let leases: Vec<_> = state
+        .master
+        .leases()
+        .await?
+        .into_iter()
+        .filter(|l| query.get("agent").is_none_or(|a| l.agent_id.as_str() == a))
+        .filter(|l| query.get("task").is_none_or(|t| l.task_id.as_str() == t))
+        .collect();
+    Ok(json(&leases))
 }

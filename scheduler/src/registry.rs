@@ -19,6 +19,9 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// Meta key of the IP pools (with their subnet leases), written whole when they change.
+const POOLS_KEY: &str = "ipam.pools";
+
 /// Bumped when the stored shapes change incompatibly; an older binary refuses a newer store.
 const SCHEMA_VERSION: u64 = 1;
 
@@ -45,11 +48,13 @@ pub struct Batch<'a> {
     pub events: Vec<&'a Event>,
     pub forget_tasks: Vec<(&'a FrameworkId, &'a TaskId)>,
     pub meta: Vec<(String, Vec<u8>)>,
+    /// The IP pools with their subnet leases, when they changed.
+    pub pools: Option<&'a atoll_ipam::Pools>,
 }
 
 impl Batch<'_> {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.forget_tasks.is_empty() && self.meta.is_empty()
+        self.events.is_empty() && self.forget_tasks.is_empty() && self.meta.is_empty() && self.pools.is_none()
     }
 }
 
@@ -106,7 +111,11 @@ impl Registry {
             Some(v) => decode_u64(v.value(), "last_index")?,
             None => 0,
         };
-        let mut recovered = Recovered { last_index, ..Recovered::default() };
+        let pools = match meta.get(POOLS_KEY).map_err(storage)? {
+            Some(v) => Some(decode::<atoll_ipam::Pools>(POOLS_KEY, v.value())?),
+            None => None,
+        };
+        let mut recovered = Recovered { last_index, pools, ..Recovered::default() };
         for row in txn.open_table(AGENTS).map_err(storage)?.iter().map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
             recovered.agents.push(decode::<Agent>(k.value(), v.value())?);
@@ -184,6 +193,8 @@ impl Registry {
                     EventKind::DeploymentFinished { deployment, .. } => {
                         deployments.remove(deployment.id.as_str()).map_err(storage)?;
                     }
+                    // Pools are saved whole (with their subnet leases) through `Batch::pools`.
+                    EventKind::PoolAdded { .. } | EventKind::PoolUpdated { .. } | EventKind::PoolRemoved { .. } => {}
                 }
             }
             for (framework_id, task_id) in &batch.forget_tasks {
@@ -191,6 +202,10 @@ impl Registry {
             }
             for (key, value) in &batch.meta {
                 meta.insert(key.as_str(), value.as_slice()).map_err(storage)?;
+            }
+            if let Some(pools) = batch.pools {
+                let bytes = serde_json::to_vec(pools).map_err(storage)?;
+                meta.insert(POOLS_KEY, bytes.as_slice()).map_err(storage)?;
             }
             if let Some(last) = last {
                 meta.insert("last_index", last.to_be_bytes().as_slice()).map_err(storage)?;

@@ -52,7 +52,14 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
         recovered.last_index
     );
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let fresh_ipam = recovered.pools.is_none();
     let mut master = Master::recover(options.config.clone(), run_id, recovered, Time::now());
+    if let (true, Some(pool)) = (fresh_ipam, options.default_pool.clone()) {
+        // Committed with the master's first batch (its outputs wait in the outbox).
+        if let Err(e) = master.ensure_pool(pool, Time::now()) {
+            tracing::warn!("the default pool could not be created: {e}");
+        }
+    }
     for (role, weight) in &options.role_weights {
         master.set_role_weight(role, *weight);
     }

@@ -10,7 +10,7 @@ use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
 use atoll_proto::pb::v1::scheduler as spb;
 use atoll_scheduler_core::master::{
-    AgentCommand, AgentRegistration, OfferView, ReportedTask, SchedulerCall, SchedulerEvent,
+    AgentCommand, AgentNetworks, AgentRegistration, OfferView, ReportedTask, SchedulerCall, SchedulerEvent,
 };
 
 /// A decoded scheduler call.
@@ -187,11 +187,12 @@ pub fn event_to_pb(event: &SchedulerEvent, stream_id: &str) -> spb::Event {
 pub fn agent_command_to_pb(command: &AgentCommand) -> apb::MasterMessage {
     use apb::master_message::Message;
     let message = match command {
-        AgentCommand::Registered { agent_id, heartbeat_interval } => Message::Registered(apb::Registered {
+        AgentCommand::Registered { agent_id, heartbeat_interval, networks } => Message::Registered(apb::Registered {
             agent_id: Some(agent_id.into()),
             heartbeat_interval_seconds: heartbeat_interval.as_secs_f64(),
-            networks: None,
+            networks: Some(networks_to_pb(networks)),
         }),
+        AgentCommand::Networks { networks } => Message::Networks(networks_to_pb(networks)),
         AgentCommand::Launch { framework, task } => {
             Message::LaunchTask(apb::LaunchTask { framework: Some(framework.into()), task: Some(task.into()) })
         }
@@ -211,6 +212,13 @@ pub fn agent_command_to_pb(command: &AgentCommand) -> apb::MasterMessage {
         AgentCommand::Shutdown { message } => Message::Shutdown(apb::Shutdown { message: message.clone() }),
     };
     apb::MasterMessage { message: Some(message) }
+}
+
+fn networks_to_pb(networks: &AgentNetworks) -> apb::Networks {
+    apb::Networks {
+        subnets: networks.subnets.iter().map(Into::into).collect(),
+        reserved: networks.reserved.iter().map(ToString::to_string).collect(),
+    }
 }
 
 pub fn registration_from_pb(register: apb::Register) -> Result<AgentRegistration, ConvertError> {

@@ -222,7 +222,10 @@ impl Projection {
             EventKind::AppUpdated { .. }
             | EventKind::AppRemoved { .. }
             | EventKind::DeploymentUpdated { .. }
-            | EventKind::DeploymentFinished { .. } => {}
+            | EventKind::DeploymentFinished { .. }
+            | EventKind::PoolAdded { .. }
+            | EventKind::PoolUpdated { .. }
+            | EventKind::PoolRemoved { .. } => {}
         }
         self.finish(touched)
     }

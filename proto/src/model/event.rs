@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentId, App, AppId, Deployment, DeploymentOutcome, Framework, FrameworkId, Task, Time};
+use super::{Agent, AgentId, App, AppId, Deployment, DeploymentOutcome, Framework, FrameworkId, PoolSpec, Task, Time};
 
 /// One change of cluster state, with its place in the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,16 @@ pub enum EventKind {
         deployment: Deployment,
         outcome: DeploymentOutcome,
     },
+    /// An IP pool was added or changed (network admins).
+    PoolAdded {
+        pool: PoolSpec,
+    },
+    PoolUpdated {
+        pool: PoolSpec,
+    },
+    PoolRemoved {
+        name: String,
+    },
 }
 
 impl EventKind {
@@ -75,6 +85,9 @@ impl EventKind {
             EventKind::AppRemoved { .. } => "APP_REMOVED",
             EventKind::DeploymentUpdated { .. } => "DEPLOYMENT_UPDATED",
             EventKind::DeploymentFinished { .. } => "DEPLOYMENT_FINISHED",
+            EventKind::PoolAdded { .. } => "POOL_ADDED",
+            EventKind::PoolUpdated { .. } => "POOL_UPDATED",
+            EventKind::PoolRemoved { .. } => "POOL_REMOVED",
         }
     }
 }
@@ -90,6 +103,8 @@ pub struct ClusterState {
     pub apps: Vec<App>,
     #[serde(default)]
     pub deployments: Vec<Deployment>,
+    #[serde(default)]
+    pub pools: Vec<PoolSpec>,
 }
 
 impl ClusterState {
@@ -114,6 +129,10 @@ impl ClusterState {
                 upsert(&mut self.deployments, deployment.clone(), |d| d.id == deployment.id)
             }
             EventKind::DeploymentFinished { deployment, .. } => self.deployments.retain(|d| d.id != deployment.id),
+            EventKind::PoolAdded { pool } | EventKind::PoolUpdated { pool } => {
+                upsert(&mut self.pools, pool.clone(), |p| p.name == pool.name)
+            }
+            EventKind::PoolRemoved { name } => self.pools.retain(|p| &p.name != name),
         }
     }
 }

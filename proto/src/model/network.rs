@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+pub use atoll_ipam::PoolSpec;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 

@@ -7,6 +7,7 @@
 //! persists the events of a batch before it delivers any message, so nothing a framework or
 //! agent hears about can be lost by a crash. The core holds no sockets, no clock and no RNG.
 
+mod ipam;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -20,6 +21,7 @@ use atoll_proto::model::{
 
 use crate::allocator::{Allocation, Allocator};
 
+pub use ipam::{AgentNetworks, PoolView, SubnetView, TaskLease};
 pub use types::*;
 
 type TaskKey = (FrameworkId, TaskId);
@@ -57,6 +59,8 @@ pub struct Recovered {
     pub tasks: Vec<Task>,
     pub apps: Vec<App>,
     pub deployments: Vec<Deployment>,
+    /// The IP pools with their subnet leases (None: a registry from before IPAM).
+    pub pools: Option<atoll_ipam::Pools>,
 }
 
 /// The master's whole domain state. One owner (the shell's master task) drives it.
@@ -76,6 +80,8 @@ pub struct Master {
     /// them in its log and registry so they are durable and everyone sees them.
     apps: BTreeMap<AppId, App>,
     deployments: BTreeMap<String, Deployment>,
+    /// IP pools and the subnet each agent holds (see `ipam.rs`).
+    ipam: atoll_ipam::Pools,
     removed_frameworks: BTreeSet<FrameworkId>,
     /// Kills asked for while the task's agent was away, sent when it re-registers.
     pending_kills: BTreeMap<TaskKey, Option<f64>>,
@@ -113,6 +119,7 @@ impl Master {
             offers: BTreeMap::new(),
             apps: registry.apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             deployments: registry.deployments.into_iter().map(|d| (d.id.clone(), d)).collect(),
+            ipam: registry.pools.unwrap_or_default(),
             removed_frameworks: BTreeSet::new(),
             pending_kills: BTreeMap::new(),
             allocator,
@@ -206,6 +213,7 @@ impl Master {
             tasks: self.tasks.values().cloned().collect(),
             apps: self.apps.values().cloned().collect(),
             deployments: self.deployments.values().cloned().collect(),
+            pools: self.ipam.pools().cloned().collect(),
         }
     }
 
@@ -381,6 +389,7 @@ impl Master {
                     },
                 );
                 self.agent_conns.insert(conn, id.clone());
+                self.lease_subnets_for(&id);
                 let agent = self.agent(&id).expect("just inserted");
                 self.emit(now, EventKind::AgentAdded { agent });
                 self.reconcile_reported_tasks(&id, tasks, now);
@@ -392,6 +401,7 @@ impl Master {
             command: AgentCommand::Registered {
                 agent_id: agent_id.clone(),
                 heartbeat_interval: self.config.agent_ping_timeout,
+                networks: self.agent_networks(&agent_id),
             },
         });
         self.dirty_agents.insert(agent_id.clone());
@@ -430,6 +440,9 @@ impl Master {
             // The agent is known to the allocator unless it was gone, which returned above.
             let _ = self.allocator.update_agent_total(id, info.resources);
         }
+        let subnets_before = self.agents.get(id).map(|a| a.view.subnets.clone()).unwrap_or_default();
+        self.lease_subnets_for(id);
+        let info_changed = info_changed || self.agents.get(id).is_some_and(|a| a.view.subnets != subnets_before);
         self.reconcile_reported_tasks(id, tasks, now);
         self.send_pending_kills(id);
         let state = self.settled_state(id);
@@ -1188,6 +1201,7 @@ impl Master {
             self.set_status_and_notify(&key, status, now);
         }
         self.allocator.remove_agent(agent_id);
+        self.release_subnets_of(agent_id);
         self.set_agent_state(agent_id, AgentState::Gone, now);
     }
 

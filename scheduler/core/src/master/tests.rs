@@ -884,3 +884,93 @@ proptest! {
         prop_assert_eq!(projected, expected);
     }
 }
+
+// ----- IPAM ------------------------------------------------------------------------------
+
+fn networks_sent(outputs: &[Output]) -> Vec<AgentNetworks> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToAgent { command: AgentCommand::Networks { networks }, .. } => Some(networks.clone()),
+            Output::ToAgent { command: AgentCommand::Registered { networks, .. }, .. } => Some(networks.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pools_give_every_agent_a_subnet_and_new_agents_get_theirs_at_registration() {
+    let mut c = Cluster::new(false);
+    c.master.add_pool(atoll_ipam::default_pool(), t(1.0)).unwrap();
+    let out = c.drain();
+    let sent = networks_sent(&out);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].subnets[0].network.to_string(), "198.18.0.0/24");
+    assert_eq!(sent[0].subnets[0].gateway.to_string(), "198.18.0.1");
+    assert!(c.events.iter().any(|e| matches!(&e.kind, EventKind::PoolAdded { pool } if pool.name == "atoll")));
+    assert!(c.events.iter().any(|e| matches!(&e.kind, EventKind::AgentUpdated { agent } if agent.subnets.len() == 1)));
+
+    let second = c
+        .master
+        .register_agent(
+            ConnId(2),
+            AgentRegistration { agent_id: None, info: agent_info(5052), version: String::new(), tasks: vec![] },
+            t(2.0),
+        )
+        .unwrap();
+    let out = c.drain();
+    assert_eq!(networks_sent(&out)[0].subnets[0].network.to_string(), "198.18.1.0/24");
+    assert!(
+        c.events.iter().any(
+            |e| matches!(&e.kind, EventKind::AgentAdded { agent } if agent.id == second && agent.subnets.len() == 1)
+        )
+    );
+}
+
+#[test]
+fn bad_pools_change_nothing() {
+    let mut c = Cluster::new(false);
+    c.master.add_pool(atoll_ipam::default_pool(), t(1.0)).unwrap();
+    c.drain();
+    let before = c.events.len();
+    let overlapping = atoll_ipam::PoolSpec::new("web", vec!["198.18.0.0/17".parse().unwrap()]);
+    let err = c.master.add_pool(overlapping, t(2.0)).unwrap_err();
+    assert!(err.to_string().contains("overlaps pool atoll"), "{err}");
+    assert!(c.drain().is_empty());
+    assert_eq!(c.events.len(), before);
+    assert!(matches!(c.master.remove_pool("nope", t(3.0)), Err(MasterError::Ipam(_))));
+}
+
+#[test]
+fn a_pool_with_live_task_addresses_cannot_be_removed_and_gone_agents_give_subnets_back() {
+    let mut c = Cluster::new(true);
+    c.master.add_pool(atoll_ipam::default_pool(), t(1.0)).unwrap();
+    c.launch("a", "cpus:1", t(2.0));
+    let mut status = TaskStatus::new(TaskId::new("a"), TaskState::Running, Source::Executor, t(3.0));
+    status.uuid = Some(uuid::Uuid::new_v4());
+    status.ip_addresses = vec!["198.18.0.2".parse().unwrap()];
+    let fw = c.framework.clone();
+    c.master.status_update(AGENT_CONN, fw, status, t(3.0)).unwrap();
+    c.drain();
+    let leases = c.master.task_leases();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].subnet.to_string(), "198.18.0.0/24");
+    let err = c.master.remove_pool("atoll", t(4.0)).unwrap_err();
+    assert!(matches!(err, MasterError::PoolInUse { count: 1, .. }), "{err}");
+    let view = c.master.pool_view("atoll").unwrap();
+    assert_eq!((view.subnets_leased, view.subnets[0].leases, view.subnets[0].free), (1, 1, 252));
+
+    assert!(c.master.reserve_address("atoll", "198.18.0.2".parse().unwrap(), t(5.0)).is_err(), "taken by a task");
+    c.master.reserve_address("atoll", "198.18.0.9".parse().unwrap(), t(5.0)).unwrap();
+    let sent = networks_sent(&c.drain());
+    assert_eq!(sent[0].reserved, vec!["198.18.0.9".parse::<std::net::IpAddr>().unwrap()]);
+
+    // The agent goes away for good: its subnet is free again, and the pool can go.
+    c.master.tick(t(100.0));
+    c.master.tick(t(100.0 + 15.0 * 60.0));
+    c.drain();
+    assert!(c.master.agent(&c.agent).unwrap().subnets.is_empty());
+    c.master.remove_pool("atoll", t(2000.0)).unwrap();
+    c.drain();
+    assert!(c.events.iter().any(|e| matches!(&e.kind, EventKind::PoolRemoved { name } if name == "atoll")));
+}

@@ -6,6 +6,7 @@ use atoll_proto::model::{
     AgentId, AgentInfo, Attributes, Framework, FrameworkId, OfferId, Resources, TaskId, TaskInfo, TaskStatus,
 };
 
+use super::ipam::AgentNetworks;
 use crate::allocator::AllocatorConfig;
 
 /// Timeouts and policies of the master; the I/O shell fills it from flags and TOML.
@@ -136,6 +137,11 @@ pub enum AgentCommand {
     Registered {
         agent_id: AgentId,
         heartbeat_interval: Duration,
+        networks: AgentNetworks,
+    },
+    /// The agent's subnets or reserved addresses changed.
+    Networks {
+        networks: AgentNetworks,
     },
     Launch {
         framework: Framework,
@@ -185,6 +191,10 @@ pub enum Output {
     CloseAgent {
         conn: ConnId,
     },
+    /// Persist the IP pools and their subnet leases (in the same commit as the batch).
+    SavePools(Box<atoll_ipam::Pools>),
+    /// Something an operator should see in the master's log.
+    Warning(String),
 }
 
 /// Why the master refused a request. Every variant maps to a 4xx / gRPC status.
@@ -216,6 +226,10 @@ pub enum MasterError {
     BadAgentInfo(String),
     #[error("{0} events are the master's own; only app and deployment changes are recorded")]
     NotRecordable(&'static str),
+    #[error(transparent)]
+    Ipam(atoll_ipam::IpamError),
+    #[error("pool {pool} has {count} live task address(es) ({tasks}); stop those tasks first")]
+    PoolInUse { pool: String, count: usize, tasks: String },
 }
 
 /// An agent's registration request.
