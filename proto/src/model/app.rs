@@ -100,6 +100,9 @@ pub struct Network {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Atoll: a pinned address for the (single) instance on a container network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<std::net::IpAddr>,
 }
 
 fn default_network_mode() -> String {

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use atoll_proto::model::{
-    App, AppDefinition, AppId, CommandInfo, DiscoveryInfo, DiscoveryPort, HealthCheck, HealthCheckKind, Labels, Ranges,
-    Resources, Scalar, TaskId, TaskInfo, Time,
+    App, AppDefinition, AppId, CommandInfo, DiscoveryInfo, DiscoveryPort, HealthCheck, HealthCheckKind, Labels,
+    NetworkRequest, Ranges, Resources, Scalar, TaskId, TaskInfo, TaskPortMapping, Time,
 };
 
 use super::constraints::{Constraint, Placement, placement_problem};
@@ -286,9 +286,36 @@ pub fn match_offer(
         discovery: Some(discovery(app, &needs, &host_ports)),
         kill_grace_period_secs: def.task_kill_grace_period_seconds,
         health_check,
-        networks: Vec::new(),
+        networks: networks(def, &needs, &host_ports),
     })
 }
+
+/// The container network to join (none on host networking), with the host ports mapped to
+/// container ports where the app asked for a host port.
+fn networks(def: &AppDefinition, needs: &[PortNeed<'_>], host_ports: &[Option<u64>]) -> Vec<NetworkRequest> {
+    if network_mode(def) != NetworkMode::Container {
+        return Vec::new();
+    }
+    let network = def.networks.iter().flatten().find(|n| n.mode == "container");
+    let mut port_mappings = Vec::new();
+    for (need, host_port) in needs.iter().zip(host_ports) {
+        let (Some(host_port), Some(container_port)) = (host_port, need.container_port) else { continue };
+        let (Ok(host_port), Ok(container_port)) = (u16::try_from(*host_port), u16::try_from(container_port)) else {
+            continue;
+        };
+        for protocol in protocols(need.protocol).unwrap_or_else(|| vec![need.protocol]) {
+            port_mappings.push(TaskPortMapping { host_port, container_port, protocol: protocol.to_owned() });
+        }
+    }
+    vec![NetworkRequest {
+        name: network.and_then(|n| n.name.clone()).unwrap_or_else(|| DEFAULT_NETWORK.to_owned()),
+        ip: network.and_then(|n| n.ip_address),
+        port_mappings,
+    }]
+}
+
+/// The pool a container network without a name joins (IPAM's default pool).
+const DEFAULT_NETWORK: &str = "atoll";
 
 fn command(app: &App) -> Result<CommandInfo, Mismatch> {
     let def = &app.definition;
@@ -312,7 +339,13 @@ fn command(app: &App) -> Result<CommandInfo, Mismatch> {
 fn discovery(app: &App, needs: &[PortNeed<'_>], host_ports: &[Option<u64>]) -> DiscoveryInfo {
     let mut ports = Vec::new();
     for (need, host_port) in needs.iter().zip(host_ports) {
-        let Some(number) = host_port.map(|p| p as u32).or(need.container_port) else { continue };
+        // A container-network task is found at its own address, on its container port; a
+        // host-network task at its agent's, on the host port.
+        let number = match network_mode(&app.definition) {
+            NetworkMode::Container => need.container_port,
+            NetworkMode::Host => host_port.map(|p| p as u32),
+        };
+        let Some(number) = number else { continue };
         for protocol in protocols(need.protocol).unwrap_or_else(|| vec![need.protocol]) {
             ports.push(DiscoveryPort {
                 number,
@@ -528,5 +561,37 @@ mod tests {
         let left = left.minus(&second.resources);
         let third = match_offer(&app, &offer, &left, &[], task_id_for(&app, "c")).unwrap_err();
         assert_eq!(third.summary_key(), "ports");
+    }
+
+    #[test]
+    fn container_networks_map_host_ports_and_are_found_on_container_ports() {
+        let mut definition: AppDefinition = serde_json::from_value(serde_json::json!({
+            "id": "/db",
+            "cmd": "serve",
+            "cpus": 0.1,
+            "mem": 32,
+            "networks": [{ "mode": "container", "name": "atoll", "ipAddress": "198.18.0.77" }],
+            "container": { "type": "MESOS", "portMappings": [
+                { "containerPort": 5432, "hostPort": 0, "name": "pg", "labels": { "VIP_0": "/db:5432" } },
+                { "containerPort": 9187, "name": "metrics" }
+            ] },
+            "healthChecks": [{ "protocol": "MESOS_TCP", "portIndex": 0 }],
+        }))
+        .unwrap();
+        definition.id = "/db".into();
+        let app = App { id: AppId::parse("/db").unwrap(), definition, version: Time(1), config_version: Time(1) };
+        let offer = offer("cpus:1;mem:128;ports:[31000-31005]", "node-1", "");
+        let task = match_offer(&app, &offer, &offer.resources, &[], TaskId::new("db.1")).unwrap();
+        assert_eq!(task.resources.ranges("ports").pairs(), &[(31000, 31000)], "only the mapped port takes a host port");
+        assert_eq!(task.networks.len(), 1);
+        let network = &task.networks[0];
+        assert_eq!(network.name, "atoll");
+        assert_eq!(network.ip, Some("198.18.0.77".parse().unwrap()));
+        assert_eq!(network.port_mappings.len(), 1);
+        assert_eq!((network.port_mappings[0].host_port, network.port_mappings[0].container_port), (31000, 5432));
+        let discovery = task.discovery.unwrap();
+        let numbers: Vec<u32> = discovery.ports.iter().map(|p| p.number).collect();
+        assert_eq!(numbers, vec![5432, 9187], "found at its own address, on container ports");
+        assert!(matches!(task.health_check.unwrap().kind, HealthCheckKind::Tcp { port: 5432 }));
     }
 }

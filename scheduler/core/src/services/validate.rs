@@ -533,6 +533,13 @@ fn check_networking(def: &AppDefinition, p: &mut Problems) {
         if network.mode == "container" && network.name.as_deref().is_some_and(str::is_empty) {
             p.add(format!("/networks/{i}/name"), "must not be empty");
         }
+        if network.ip_address.is_some() {
+            if network.mode != "container" {
+                p.add(format!("/networks/{i}/ipAddress"), "only a container network gives a task its own address");
+            } else if def.instances > 1 {
+                p.add(format!("/networks/{i}/ipAddress"), "a pinned address fits one instance, not several");
+            }
+        }
     }
     if let Some(container) = &def.container {
         match container.kind.as_str() {
