@@ -6,23 +6,24 @@
 //! actor never waits. Checkpoints are written by the actor itself, in order, before it tells
 //! anyone about a change.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use atoll_ipam::{IpNetwork, IpamError, Leases, Subnet};
 use atoll_proto::convert::{kill_grace_from_pb, uuid_from_pb};
 use atoll_proto::model::{
-    AgentId, AgentInfo, FrameworkId, FrameworkInfo, HealthCheckKind, Reason, Source, TaskId, TaskInfo, TaskState,
-    TaskStatus, Time,
+    AgentId, AgentInfo, AgentSubnet, FrameworkId, FrameworkInfo, HealthCheckKind, Reason, Source, TaskId, TaskInfo,
+    TaskState, TaskStatus, Time,
 };
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
 use rustix::process::Signal;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::cgroups::CgroupLayout;
 use crate::checkpoint::{
@@ -33,6 +34,9 @@ use crate::executor::{LaunchSpec, read_exit_record};
 use crate::health::{self, HealthState, Probe, ProbeResult, Schedule, Verdict};
 use crate::launch::{EnvContext, task_argv, task_env, task_limits};
 use crate::metrics::{Metrics, label};
+use crate::net::store::LeaseStore;
+use crate::net::worker::{NetOp, NetReply, Removed};
+use crate::net::{self, RESOLV_CONF, TaskNetwork, proxy, routes};
 use crate::outcome::{ExitFacts, Stamp, terminal_status};
 use crate::process::{self, Announce};
 use crate::settings::AgentOptions;
@@ -106,6 +110,8 @@ pub(crate) enum Msg {
         run: RunId,
         reply: oneshot::Sender<Option<bool>>,
     },
+    /// The network worker finished an operation.
+    Net(NetReply),
 }
 
 /// `/v1/state`.
@@ -121,6 +127,17 @@ pub(crate) struct StateView {
     pub registered: bool,
     pub cgroups: Option<String>,
     pub tasks: Vec<TaskView>,
+    pub networks: NetworksView,
+}
+
+/// Container networking in `/v1/state`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NetworksView {
+    pub enabled: bool,
+    pub bridge: String,
+    pub subnets: Vec<Subnet>,
+    pub reserved: Vec<IpAddr>,
+    pub leases: Vec<atoll_ipam::Lease>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +153,10 @@ pub(crate) struct TaskView {
     pub pending_updates: usize,
     /// The health check verdict (`null` without a check or before its first verdict).
     pub healthy: Option<bool>,
+    /// The task's own addresses (container networking).
+    pub ip_addresses: Vec<IpAddr>,
+    /// Its network namespace, for container tasks.
+    pub netns: Option<String>,
 }
 
 /// Where a task's logs are.
@@ -208,6 +229,27 @@ struct Stopping {
     ack_deadline: Option<Instant>,
 }
 
+/// What the actor holds for container networking.
+pub(crate) struct NetState {
+    /// Task address leases (keyed by run id), persisted in `ipam.json`.
+    leases: Leases,
+    store: LeaseStore,
+    /// The network worker; `None` when container networking is disabled on this agent.
+    ops: Option<mpsc::UnboundedSender<NetOp>>,
+    /// What the route follower needs to know about this agent; `Some` while networking is active.
+    me: watch::Sender<Option<routes::Me>>,
+    /// Port mapping forwarders of running container tasks.
+    forwarders: HashMap<RunId, Vec<AbortHandle>>,
+    /// The agent has had subnets (the bridge may exist).
+    used: bool,
+}
+
+/// The channels [`Agent::recover`] needs for container networking.
+pub(crate) struct NetChannels {
+    pub ops: Option<mpsc::UnboundedSender<NetOp>>,
+    pub me: watch::Sender<Option<routes::Me>>,
+}
+
 pub(crate) struct Agent {
     options: Arc<AgentOptions>,
     layout: Layout,
@@ -225,6 +267,7 @@ pub(crate) struct Agent {
     metrics: Arc<Metrics>,
     stopping: Option<Stopping>,
     gc_running: bool,
+    net: NetState,
 }
 
 fn now() -> Instant {
@@ -241,8 +284,19 @@ impl Agent {
         address: SocketAddr,
         metrics: Arc<Metrics>,
         tx: mpsc::UnboundedSender<Msg>,
+        net_channels: NetChannels,
     ) -> Result<Agent, AgentError> {
         let agent_checkpoint = AgentCheckpoint::load(&layout)?;
+        let store = LeaseStore::new(layout.data_dir());
+        let saved_leases = store.load()?;
+        let net = NetState {
+            used: saved_leases.as_ref().is_some_and(|l| l.subnets().next().is_some()),
+            leases: saved_leases.unwrap_or_default(),
+            store,
+            ops: net_channels.ops,
+            me: net_channels.me,
+            forwarders: HashMap::new(),
+        };
         let mut agent = Agent {
             options,
             layout,
@@ -259,6 +313,7 @@ impl Agent {
             metrics,
             stopping: None,
             gc_running: false,
+            net,
         };
         let scan = checkpoint::scan(&agent.layout);
         for (dir, error) in scan.unreadable {
@@ -272,10 +327,39 @@ impl Agent {
         if live > 0 || !agent.completed.is_empty() {
             tracing::info!(live, completed = agent.completed.len(), "recovered task checkpoints");
         }
+        agent.recover_networks();
         Ok(agent)
     }
 
-    fn recover_run(&mut self, ckpt: TaskCheckpoint) {
+    /// After the runs are recovered: the bridge as the saved subnets say, and away with every
+    /// veth, namespace and lease of a run that is not live any more.
+    fn recover_networks(&mut self) {
+        let any_network = self.tasks.values().any(|e| e.ckpt.network.is_some());
+        if !self.net.used && !any_network {
+            return;
+        }
+        let Some(ops) = self.net.ops.clone() else {
+            // Networking was turned off: nothing can be torn down here; runs that end release
+            // their leases (see request_teardown).
+            tracing::warn!("container tasks are checkpointed but container networking is disabled on this agent");
+            return;
+        };
+        self.sync_bridge();
+        let live: Vec<TaskNetwork> = self
+            .tasks
+            .values()
+            .filter(|e| matches!(e.phase, Phase::Launching | Phase::Running))
+            .filter_map(|e| e.ckpt.network.clone())
+            .collect();
+        let _ = ops.send(NetOp::Reconcile { live });
+    }
+
+    fn recover_run(&mut self, mut ckpt: TaskCheckpoint) {
+        if ckpt.completed_at.is_some() && ckpt.network.is_some() {
+            // Reconciliation removes what may be left of it; the checkpoint forgets it now.
+            ckpt.network = None;
+            save(&ckpt);
+        }
         if let Some(completed_at) = ckpt.completed_at {
             self.completed.push(CompletedRun {
                 framework_id: ckpt.framework_id.clone(),
@@ -304,10 +388,14 @@ impl Agent {
         self.tasks.insert(run.clone(), entry);
         let Some(entry) = self.tasks.get(&run) else { return };
         if terminal {
+            let has_network = entry.ckpt.network.is_some();
             if entry.ckpt.orphaned || entry.updates.is_empty() {
                 self.complete(&run);
             } else if entry.ckpt.cgroup.is_some() {
                 self.clean_cgroup(&run);
+            }
+            if has_network {
+                self.request_teardown(&run);
             }
             return;
         }
@@ -328,6 +416,7 @@ impl Agent {
         let announced = matches!(entry.ckpt.status.state, TaskState::Running | TaskState::Killing);
         tracing::info!(task = %entry.ckpt.task.task_id, run = %run, executor_pid, "re-attached to a running executor");
         self.watch(&run, pidfd, None);
+        self.reattach_forwarders(&run);
         if let Some(found) = found_task
             && let Some(entry) = self.tasks.get_mut(&run)
         {
@@ -391,6 +480,7 @@ impl Agent {
             self.update_metrics();
             if self.stopping.is_some() && self.stop_done() {
                 self.finish_kill_stop();
+                self.remove_networks().await;
                 return Ok(());
             }
         }
@@ -448,6 +538,7 @@ impl Agent {
                 };
                 let _ = reply.send(answer);
             }
+            Msg::Net(reply) => self.on_net_reply(reply),
         }
     }
 
@@ -492,8 +583,7 @@ impl Agent {
         use apb::master_message::Message;
         match message {
             Message::Registered(registered) => self.on_registered(registered),
-            // Container networking is not wired into the agent yet: it has no subnets to use.
-            Message::Networks(_) => tracing::debug!("network assignment received; container networking is not enabled"),
+            Message::Networks(networks) => self.on_networks(networks),
             Message::LaunchTask(launch) => self.on_launch_message(launch),
             Message::KillTask(kill) => {
                 let (Some(framework_id), Some(task_id)) = (kill.framework_id, kill.task_id) else {
@@ -559,6 +649,10 @@ impl Agent {
         tracing::info!(agent_id = %agent_id, "registered with the master");
         if let Some(link) = self.link.as_mut() {
             link.registered = true;
+        }
+        match registered.networks {
+            Some(networks) => self.on_networks(networks),
+            None => self.update_route_identity(),
         }
         // The master may have lost whatever was in flight: every head goes out again now.
         let t = now();
@@ -723,6 +817,7 @@ impl Agent {
             pending_updates: Vec::new(),
             completed_at: None,
             orphaned: false,
+            network: None,
         };
         let updates = UpdateQueue::new(self.options.status_retry_interval, self.options.status_retry_max);
         self.by_task.insert(key, run.clone());
@@ -747,7 +842,9 @@ impl Agent {
             }
             return self.start_finalize(&run);
         }
-        if let Err(message) = self.prepare_and_spawn(&run) {
+        let wants_network = self.tasks.get(&run).is_some_and(|e| !e.ckpt.task.networks.is_empty());
+        let result = if wants_network { self.begin_network(&run) } else { self.prepare_and_spawn(&run) };
+        if let Err(message) = result {
             self.fail_launch(&run, message);
         }
     }
@@ -787,6 +884,8 @@ impl Agent {
             stderr: sandbox.join(STDERR),
             cgroup_procs: entry.ckpt.cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             exit_file: entry.ckpt.exit_file(),
+            netns: entry.ckpt.network.as_ref().map(TaskNetwork::netns_path),
+            resolv_conf: entry.ckpt.network.as_ref().map(|_| sandbox.join(RESOLV_CONF)),
         };
         let spec_path = sandbox.join(LAUNCH_FILE);
         spec.save(&spec_path).map_err(|e| format!("cannot write {}: {e}", spec_path.display()))?;
@@ -985,6 +1084,7 @@ impl Agent {
     /// leftovers and remove the cgroup, off the actor.
     fn start_finalize(&mut self, run: &RunId) {
         self.stop_health(run);
+        self.stop_forwarders(run);
         let Some(entry) = self.tasks.get_mut(run) else { return };
         entry.phase = Phase::Finalizing;
         let ckpt = &entry.ckpt;
@@ -1062,7 +1162,11 @@ impl Agent {
             "task ended"
         );
         let orphaned = entry.ckpt.orphaned;
+        let has_network = entry.ckpt.network.is_some();
         self.emit(run, status);
+        if has_network {
+            self.request_teardown(run);
+        }
         if orphaned {
             self.complete(run);
         }
@@ -1129,6 +1233,12 @@ impl Agent {
         if status.healthy.is_none() && !status.state.is_terminal() {
             status.healthy = entry.ckpt.healthy;
         }
+        // The master and DNS learn a container task's address with its first update.
+        if status.ip_addresses.is_empty()
+            && let Some(network) = &entry.ckpt.network
+        {
+            status.ip_addresses = vec![network.ip];
+        }
         entry.ckpt.status = status.clone();
         if !entry.ckpt.orphaned {
             entry.updates.push(status, now());
@@ -1191,6 +1301,8 @@ impl Agent {
                 stderr: ckpt.sandbox.join(STDERR),
                 cgroup_procs: Vec::new(),
                 exit_file: ckpt.exit_file(),
+                netns: ckpt.network.as_ref().map(TaskNetwork::netns_path),
+                resolv_conf: ckpt.network.as_ref().map(|_| ckpt.sandbox.join(RESOLV_CONF)),
             }
         });
         spec.cwd = ckpt.sandbox.clone();
@@ -1306,6 +1418,326 @@ impl Agent {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Container networking
+    // -----------------------------------------------------------------------------------------
+
+    /// The master's subnets and reserved addresses for this agent (on registration and whenever
+    /// they change).
+    fn on_networks(&mut self, networks: apb::Networks) {
+        let holder = self.agent_id.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default();
+        let mut subnets = Vec::new();
+        for subnet in networks.subnets {
+            match AgentSubnet::try_from(subnet) {
+                Ok(s) => {
+                    subnets.push(Subnet { pool: s.pool, network: s.network, gateway: s.gateway, agent: holder.clone() })
+                }
+                Err(e) => tracing::warn!("ignoring an invalid subnet from the master: {e}"),
+            }
+        }
+        let mut reserved = Vec::new();
+        for ip in &networks.reserved {
+            match ip.parse::<IpAddr>() {
+                Ok(ip) => reserved.push(ip),
+                Err(_) => tracing::warn!("ignoring an invalid reserved address from the master: {ip:?}"),
+            }
+        }
+        let before = self.net.leases.clone();
+        if let Err(e) = self.net.leases.set_subnets(subnets.clone(), reserved.clone()) {
+            // The master dropped a subnet that tasks here still use: keep those until they end.
+            let kept: Vec<Subnet> = match &e {
+                IpamError::SubnetInUse { .. } => before
+                    .subnets()
+                    .filter(|old| {
+                        !subnets.iter().any(|s| s.network == old.network)
+                            && before.leases().any(|l| l.pool == old.pool && l.subnet == old.network)
+                    })
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let retried = !kept.is_empty() && {
+                tracing::warn!("{e}; keeping the subnet(s) in use until their tasks end");
+                let mut all = subnets.clone();
+                all.extend(kept);
+                self.net.leases.set_subnets(all, reserved).is_ok()
+            };
+            if !retried {
+                tracing::error!("cannot use the networks the master assigned: {e}");
+                return;
+            }
+        }
+        if self.net.leases != before || !self.net.store.path().exists() {
+            if let Err(e) = self.net.store.save(&self.net.leases) {
+                tracing::error!("{e}");
+            }
+            let list: Vec<String> = self.net.leases.subnets().map(|s| format!("{} {}", s.pool, s.network)).collect();
+            tracing::info!(subnets = ?list, "container network subnets assigned");
+        }
+        if self.net.leases.subnets().next().is_some() {
+            self.net.used = true;
+        }
+        self.sync_bridge();
+    }
+
+    /// Asks the worker to make the bridge match the subnets, and tells the route follower who
+    /// this agent is.
+    fn sync_bridge(&mut self) {
+        let subnets: Vec<(IpNetwork, IpAddr)> = self.net.leases.subnets().map(|s| (s.network, s.gateway)).collect();
+        if let Some(ops) = &self.net.ops
+            && self.net.used
+        {
+            let _ = ops.send(NetOp::Bridge { subnets });
+        }
+        self.update_route_identity();
+    }
+
+    fn update_route_identity(&mut self) {
+        let subnets: Vec<IpNetwork> = self.net.leases.subnets().map(|s| s.network).collect();
+        let me = (self.net.ops.is_some() && !subnets.is_empty()).then(|| routes::Me {
+            agent_id: self.agent_id.as_ref().map(|a| a.as_str().to_owned()),
+            ip: Some(self.address.ip()),
+            subnets,
+        });
+        self.net.me.send_if_modified(|current| {
+            let changed = *current != me;
+            *current = me;
+            changed
+        });
+    }
+
+    /// A container task's launch, first half: its address, its checkpointed network, its
+    /// resolv.conf, and the worker asked to create the namespace and veth. The launch goes on
+    /// when the worker answers ([`NetReply::SetUp`]). `Err` is the launch failure's message.
+    fn begin_network(&mut self, run: &RunId) -> Result<(), String> {
+        let Some(entry) = self.tasks.get(run) else { return Ok(()) };
+        let networks = &entry.ckpt.task.networks;
+        if networks.len() > 1 {
+            let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+            return Err(format!(
+                "a task can join one container network on this agent; it asks for {} ({})",
+                networks.len(),
+                names.join(", ")
+            ));
+        }
+        let request = networks[0].clone();
+        let Some(ops) = self.net.ops.clone() else {
+            return Err(match self.options.container_networking {
+                Some(false) => "container networking is disabled on this agent (--container-networking=false)".into(),
+                _ => "container networking needs the agent to run as root".into(),
+            });
+        };
+        let lease = match self.net.leases.allocate(&request.name, run, request.ip) {
+            Ok(lease) => lease,
+            Err(e) => {
+                if matches!(e, IpamError::SubnetExhausted { .. }) {
+                    self.metrics.ipam_exhausted.inc();
+                }
+                return Err(self.ipam_message(e));
+            }
+        };
+        let network = TaskNetwork {
+            pool: request.name.clone(),
+            ip: lease.ip,
+            prefix: lease.subnet.prefix(),
+            gateway: lease.gateway,
+            netns: net::netns_name(self.layout.data_dir(), run),
+            veth: net::veth_name(run),
+            bridge: self.options.bridge.clone(),
+            port_mappings: request.port_mappings.clone(),
+        };
+        if let Err(e) = self.net.store.save(&self.net.leases) {
+            self.net.leases.release(run);
+            return Err(format!("cannot persist the task's address: {e}"));
+        }
+        let Some(entry) = self.tasks.get_mut(run) else { return Ok(()) };
+        // Checkpointed before anything exists, so that a crash from here on is reconciled.
+        entry.ckpt.network = Some(network.clone());
+        save_entry(entry);
+        let resolv = entry.ckpt.sandbox.join(RESOLV_CONF);
+        std::fs::write(&resolv, net::resolv_conf(network.gateway))
+            .map_err(|e| format!("cannot write {}: {e}", resolv.display()))?;
+        tracing::info!(run = %run, ip = %network.ip, netns = %network.netns, "setting up the task's network");
+        let _ = ops.send(NetOp::Setup { run: run.clone(), net: network });
+        Ok(())
+    }
+
+    /// An IPAM error as a launch failure: run ids (the lease keys) become task ids.
+    fn ipam_message(&self, e: IpamError) -> String {
+        match e {
+            IpamError::AddressTaken { pool, ip, task } => {
+                let holder = self.tasks.get(&task).map(|e| e.ckpt.task.task_id.to_string()).unwrap_or(task);
+                format!("pool {pool}: {ip} is taken by task {holder}")
+            }
+            e => e.to_string(),
+        }
+    }
+
+    fn on_net_reply(&mut self, reply: NetReply) {
+        match reply {
+            NetReply::SetUp { run, result } => {
+                let Some(entry) = self.tasks.get(&run) else { return };
+                if entry.phase != Phase::Launching || entry.ckpt.executor.is_some() {
+                    return;
+                }
+                if let Err(message) = result {
+                    return self.fail_launch(&run, format!("cannot set up the task's network: {message}"));
+                }
+                if entry.ckpt.kill.is_some() || entry.ckpt.agent_failure.is_some() {
+                    return self.start_finalize(&run);
+                }
+                let result = self.start_forwarders(&run).and_then(|()| self.prepare_and_spawn(&run));
+                if let Err(message) = result {
+                    self.stop_forwarders(&run);
+                    self.fail_launch(&run, message);
+                }
+            }
+            NetReply::TornDown { run, net, sandbox, result } => match result {
+                Ok(()) => {
+                    tracing::debug!(run = %run, ip = %net.ip, "task network removed");
+                    self.forget_network(&run, &sandbox);
+                }
+                Err(e) => tracing::warn!(
+                    run = %run,
+                    "the task's network could not be removed entirely ({e}); its address stays leased until the \
+                     agent reconciles it at its next start"
+                ),
+            },
+            NetReply::Reconciled { removed_veths, removed_netns } => {
+                if removed_veths + removed_netns > 0 {
+                    tracing::info!(removed_veths, removed_netns, "reconciled container networks");
+                }
+                // Runs that still have a network (live, or ending with a teardown queued) keep
+                // their addresses; every other lease leaked.
+                let keep: BTreeSet<String> =
+                    self.tasks.iter().filter(|(_, e)| e.ckpt.network.is_some()).map(|(r, _)| r.clone()).collect();
+                let released = self.net.leases.retain_tasks(&keep);
+                if !released.is_empty() {
+                    let ips: Vec<String> = released.iter().map(|l| l.ip.to_string()).collect();
+                    tracing::info!(addresses = ?ips, "released the addresses of tasks that are gone");
+                    if let Err(e) = self.net.store.save(&self.net.leases) {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The run's network is gone: release its address and drop it from the checkpoint.
+    fn forget_network(&mut self, run: &RunId, sandbox: &std::path::Path) {
+        if !self.net.leases.release(run).is_empty()
+            && let Err(e) = self.net.store.save(&self.net.leases)
+        {
+            tracing::error!("{e}");
+        }
+        match self.tasks.get_mut(run) {
+            Some(entry) => {
+                entry.ckpt.network = None;
+                save_entry(entry);
+            }
+            // The run completed meanwhile: its checkpoint is only on disk.
+            None => {
+                if let Ok(mut ckpt) = TaskCheckpoint::load(&sandbox.join(checkpoint::TASK_FILE))
+                    && ckpt.network.is_some()
+                {
+                    ckpt.network = None;
+                    ckpt.sandbox = sandbox.to_path_buf();
+                    save(&ckpt);
+                }
+            }
+        }
+    }
+
+    /// The run ended: remove its veth and namespace (then release its address).
+    fn request_teardown(&mut self, run: &RunId) {
+        self.stop_forwarders(run);
+        let Some(entry) = self.tasks.get(run) else { return };
+        let Some(network) = entry.ckpt.network.clone() else { return };
+        let sandbox = entry.ckpt.sandbox.clone();
+        match &self.net.ops {
+            Some(ops) => {
+                let _ = ops.send(NetOp::Teardown { run: run.clone(), net: network, sandbox });
+            }
+            // Networking was turned off since: nothing can be removed here.
+            None => self.forget_network(run, &sandbox),
+        }
+    }
+
+    /// Binds the run's port mappings now (a launch whose host port is taken fails) and serves them.
+    fn start_forwarders(&mut self, run: &RunId) -> Result<(), String> {
+        let Some(network) = self.tasks.get(run).and_then(|e| e.ckpt.network.clone()) else { return Ok(()) };
+        let mut bound = Vec::new();
+        for mapping in &network.port_mappings {
+            let listener = proxy::bind(mapping, network.ip).map_err(|e| e.to_string())?;
+            bound.push((listener, std::net::SocketAddr::new(network.ip, mapping.container_port)));
+        }
+        let handles: Vec<AbortHandle> =
+            bound.into_iter().map(|(listener, target)| self.jobs.spawn(proxy::serve(listener, target))).collect();
+        if !handles.is_empty() {
+            self.net.forwarders.insert(run.clone(), handles);
+        }
+        Ok(())
+    }
+
+    /// Re-creates the forwarders of a re-attached container task (binding as soon as the port
+    /// is free again).
+    fn reattach_forwarders(&mut self, run: &RunId) {
+        let Some(network) = self.tasks.get(run).and_then(|e| e.ckpt.network.clone()) else { return };
+        let handles: Vec<AbortHandle> = network
+            .port_mappings
+            .iter()
+            .map(|m| self.jobs.spawn(proxy::bind_and_serve(m.clone(), network.ip)))
+            .collect();
+        if !handles.is_empty() {
+            self.net.forwarders.insert(run.clone(), handles);
+        }
+    }
+
+    fn stop_forwarders(&mut self, run: &RunId) {
+        for handle in self.net.forwarders.remove(run).unwrap_or_default() {
+            handle.abort();
+        }
+    }
+
+    /// `StopMode::KillTasks`: once every task has ended, remove the bridge, the veths, the
+    /// namespaces and the routes; the runs' addresses are free then.
+    async fn remove_networks(&mut self) {
+        let Some(ops) = self.net.ops.clone() else { return };
+        if !self.net.used && !self.tasks.values().any(|e| e.ckpt.network.is_some()) {
+            return;
+        }
+        let (reply, removed) = oneshot::channel();
+        if ops.send(NetOp::RemoveAll { reply }).is_err() {
+            return;
+        }
+        let removed: Removed = match tokio::time::timeout(STOP_ACK_WAIT, removed).await {
+            Ok(Ok(removed)) => removed,
+            _ => {
+                tracing::warn!("container networks not removed in time; the next start reconciles them");
+                return;
+            }
+        };
+        tracing::info!(?removed, "container networks removed");
+        let runs: Vec<(RunId, PathBuf)> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| e.phase == Phase::Terminal && e.ckpt.network.is_some())
+            .map(|(r, e)| (r.clone(), e.ckpt.sandbox.clone()))
+            .collect();
+        for (run, sandbox) in runs {
+            self.forget_network(&run, &sandbox);
+        }
+        // Runs completed before their teardown was reported hold addresses of networks that are
+        // gone now too; only a task that refused to die keeps its lease.
+        let alive: BTreeSet<String> =
+            self.tasks.iter().filter(|(_, e)| e.phase != Phase::Terminal).map(|(r, _)| r.clone()).collect();
+        if !self.net.leases.retain_tasks(&alive).is_empty()
+            && let Err(e) = self.net.store.save(&self.net.leases)
+        {
+            tracing::error!("{e}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Garbage collection, HTTP questions, metrics
     // -----------------------------------------------------------------------------------------
 
@@ -1360,6 +1792,13 @@ impl Agent {
             connected: self.link.is_some(),
             registered: self.link.as_ref().is_some_and(|l| l.registered),
             cgroups: self.cgroups.as_ref().map(CgroupLayout::describe),
+            networks: NetworksView {
+                enabled: self.net.ops.is_some(),
+                bridge: self.options.bridge.clone(),
+                subnets: self.net.leases.subnets().cloned().collect(),
+                reserved: self.net.leases.reserved().copied().collect(),
+                leases: self.net.leases.leases().cloned().collect(),
+            },
             tasks: self
                 .tasks
                 .iter()
@@ -1374,6 +1813,8 @@ impl Agent {
                     pid: e.ckpt.task_process.map(|p| p.pid),
                     pending_updates: e.updates.len(),
                     healthy: e.ckpt.healthy,
+                    ip_addresses: e.ckpt.network.iter().map(|n| n.ip).collect(),
+                    netns: e.ckpt.network.as_ref().map(|n| n.netns.clone()),
                 })
                 .collect(),
         }
@@ -1415,6 +1856,7 @@ impl Agent {
             self.metrics.tasks.get_or_create(&label("state", state.name())).set(n);
         }
         self.metrics.updates_pending.set(pending as i64);
+        self.metrics.ipam_leases.set(self.net.leases.leases().count() as i64);
         self.metrics.connected.set(i64::from(self.link.is_some()));
         self.metrics.registered.set(i64::from(self.link.as_ref().is_some_and(|l| l.registered)));
     }

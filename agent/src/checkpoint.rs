@@ -6,7 +6,9 @@
 //! Layout under the data dir:
 //! `agent.json`, `agent.lock`, and `sandboxes/<framework>/<task>/<run>/` holding the task's
 //! `stdout`, `stderr`, `executor.log`, `task.json` (this module's [`TaskCheckpoint`]),
-//! `launch.json` (the executor's spec) and `exit.json` (the executor's exit record).
+//! `launch.json` (the executor's spec), `exit.json` (the executor's exit record) and, for
+//! container tasks, `resolv.conf`; plus `ipam.json`, the task address leases
+//! ([`crate::net::store`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
@@ -16,6 +18,7 @@ use atoll_proto::model::{AgentId, FrameworkId, FrameworkInfo, TaskId, TaskInfo, 
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::TaskCgroup;
+use crate::net::TaskNetwork;
 
 pub const CHECKPOINT_VERSION: u32 = 1;
 
@@ -164,6 +167,10 @@ pub struct TaskCheckpoint {
     /// The master forgot this agent: the run is killed and its updates are not sent.
     #[serde(default)]
     pub orphaned: bool,
+    /// The run's container network (namespace, veth, address), written before any of it is
+    /// created and removed once it is torn down; `None` for host networking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<TaskNetwork>,
 }
 
 impl TaskCheckpoint {
@@ -322,6 +329,7 @@ mod tests {
             pending_updates: Vec::new(),
             completed_at: None,
             orphaned: false,
+            network: None,
         }
     }
 

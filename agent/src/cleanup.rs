@@ -1,6 +1,7 @@
 //! `atoll agent --cleanup`: kill every task the data dir knows (through its cgroup, or its
-//! process group without cgroups, and its executor), remove the agent's cgroups and everything
-//! the agent created under the data dir — without talking to the master.
+//! process group without cgroups, and its executor), remove the agent's cgroups, its container
+//! networks (task namespaces, veths, the bridge, Atoll's routes — in the network namespace this
+//! runs in) and everything the agent created under the data dir — without talking to the master.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -11,6 +12,8 @@ use rustix::process::Signal;
 
 use crate::cgroups::CgroupLayout;
 use crate::checkpoint::{self, Layout};
+use crate::net::store::LeaseStore;
+use crate::net::worker::{Removed, remove_all_blocking};
 use crate::settings::AgentOptions;
 use crate::{AgentError, DataDirLock, process, remove_file_if_exists};
 
@@ -23,6 +26,8 @@ pub struct CleanupReport {
     pub cgroups_removed: usize,
     /// Files and directories removed under the data dir.
     pub removed: Vec<PathBuf>,
+    /// What container networking left and was removed (for an agent that had subnets).
+    pub network: Option<Removed>,
 }
 
 /// Kills everything the agent of `options.data_dir` started and removes what it created. Fails
@@ -85,6 +90,21 @@ pub fn cleanup(options: &AgentOptions) -> Result<CleanupReport, AgentError> {
             }
         }
         layout.remove_root(&options.cgroup_root);
+    }
+
+    // Container networks, only where this data dir's agent had subnets or container tasks: a
+    // host-network agent never touches the bridge or routes.
+    let store = LeaseStore::new(layout.data_dir());
+    if store.path().exists() || scan.runs.iter().any(|r| r.network.is_some()) {
+        match remove_all_blocking(&options.bridge, &crate::net::netns_prefix(layout.data_dir())) {
+            Ok(removed) => report.network = Some(removed),
+            Err(e) => tracing::warn!("removing container networks: {e}"),
+        }
+        if remove_file_if_exists(store.path())
+            .map_err(|source| AgentError::Cleanup { path: store.path().to_path_buf(), source })?
+        {
+            report.removed.push(store.path().to_path_buf());
+        }
     }
 
     let sandboxes = layout.sandboxes();

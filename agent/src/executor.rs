@@ -34,6 +34,13 @@ pub struct LaunchSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Where the [`ExitRecord`] is written.
     pub exit_file: PathBuf,
+    /// A network namespace (`/run/netns/…`) the task joins before exec (container networking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// With `netns`: a file bind-mounted over `/etc/resolv.conf` in a mount namespace of the
+    /// task's own (its mounts are slaves of the host's, so nothing it mounts leaks out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// How the task ended, or why it never started.
@@ -64,6 +71,14 @@ pub enum ExecutorError {
     Pipe { source: io::Error },
     #[error("failed to join cgroup {path}: {}", os_message(source))]
     JoinCgroup { path: PathBuf, source: io::Error },
+    #[error("cannot open network namespace {path}: {}", os_message(source))]
+    OpenNetns { path: PathBuf, source: io::Error },
+    #[error("failed to join network namespace {path}: {}", os_message(source))]
+    JoinNetns { path: PathBuf, source: io::Error },
+    #[error("failed to set up the task's mount namespace ({step}): {}", os_message(source))]
+    MountNamespace { step: &'static str, source: io::Error },
+    #[error("failed to bind-mount {path} over /etc/resolv.conf: {}", os_message(source))]
+    ResolvConf { path: PathBuf, source: io::Error },
     #[error("failed to execute `{program}`: {}", os_message(source))]
     Exec { program: String, source: io::Error },
 }
@@ -273,7 +288,15 @@ fn launch(spec: &LaunchSpec) -> Result<Child, ExecutorError> {
                 .map_err(|source| ExecutorError::OpenCgroup { path: path.clone(), source })
         })
         .collect::<Result<Vec<File>, _>>()?;
-    // std only reports the child's errno; this pipe says which cgroup write (if any) failed.
+    let network = match &spec.netns {
+        Some(path) => Some(NetworkJoin {
+            netns: File::open(path).map_err(|source| ExecutorError::OpenNetns { path: path.clone(), source })?,
+            resolv_conf: spec.resolv_conf.as_deref().map(c_path).transpose()?,
+        }),
+        None => None,
+    };
+    // std only reports the child's errno; this pipe says which step (if any) failed: the index of
+    // the cgroup whose write failed, or one of the `FAILED_*` codes.
     let (mut failed_cgroup_r, failed_cgroup_w) = io::pipe().map_err(|source| ExecutorError::Pipe { source })?;
 
     let mut cmd = Command::new(program);
@@ -291,30 +314,75 @@ fn launch(spec: &LaunchSpec) -> Result<Child, ExecutorError> {
     }
     let cgroup_fds: Vec<RawFd> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
     let report_fd = failed_cgroup_w.as_raw_fd();
+    let join = network.as_ref().map(|n| PreparedJoin {
+        netns_fd: n.netns.as_raw_fd(),
+        resolv_conf: n.resolv_conf.as_ref().map(|c| c.as_ptr()),
+    });
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system calls
-    // (setsid, sigaction, write) on memory it owns; it does not allocate or lock.
+    // (setsid, sigaction, write, setns, unshare, mount) on descriptors and memory prepared before
+    // the fork; it does not allocate or lock.
     unsafe {
-        cmd.pre_exec(move || prepare_task_process(&cgroup_fds, report_fd));
+        cmd.pre_exec(move || prepare_task_process(&cgroup_fds, report_fd, join.as_ref()));
     }
     let spawned = cmd.spawn();
     // Close our copies (the Command holds the stdio files) so the task holds the only ones.
     drop(cmd);
     drop(failed_cgroup_w);
     drop(cgroups);
+    drop(network);
     spawned.map_err(|source| {
         let mut index = [0u8; 1];
         match failed_cgroup_r.read(&mut index) {
-            Ok(1) => match spec.cgroup_procs.get(usize::from(index[0])) {
-                Some(path) => ExecutorError::JoinCgroup { path: path.clone(), source },
-                None => ExecutorError::JoinCgroup { path: PathBuf::from("cgroup.procs"), source },
+            Ok(1) => match index[0] {
+                FAILED_SETNS => ExecutorError::JoinNetns { path: spec.netns.clone().unwrap_or_default(), source },
+                FAILED_UNSHARE => ExecutorError::MountNamespace { step: "unshare", source },
+                FAILED_MAKE_SLAVE => ExecutorError::MountNamespace { step: "making mounts private", source },
+                FAILED_RESOLV_CONF => {
+                    ExecutorError::ResolvConf { path: spec.resolv_conf.clone().unwrap_or_default(), source }
+                }
+                i => match spec.cgroup_procs.get(usize::from(i)) {
+                    Some(path) => ExecutorError::JoinCgroup { path: path.clone(), source },
+                    None => ExecutorError::JoinCgroup { path: PathBuf::from("cgroup.procs"), source },
+                },
             },
             _ => ExecutorError::Exec { program: program.clone(), source },
         }
     })
 }
 
+/// What joining a container network needs, opened and converted before the fork.
+struct NetworkJoin {
+    netns: File,
+    resolv_conf: Option<std::ffi::CString>,
+}
+
+/// Raw views of a [`NetworkJoin`] for the child (valid while the `NetworkJoin` lives, which
+/// spans the spawn).
+#[derive(Clone, Copy)]
+struct PreparedJoin {
+    netns_fd: RawFd,
+    resolv_conf: Option<*const libc::c_char>,
+}
+
+// SAFETY: the pointer is only read in the forked child, while the CString it points into is alive.
+unsafe impl Send for PreparedJoin {}
+unsafe impl Sync for PreparedJoin {}
+
+const FAILED_SETNS: u8 = 250;
+const FAILED_UNSHARE: u8 = 251;
+const FAILED_MAKE_SLAVE: u8 = 252;
+const FAILED_RESOLV_CONF: u8 = 253;
+
+fn c_path(path: &Path) -> Result<std::ffi::CString, ExecutorError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ExecutorError::ResolvConf {
+        path: path.to_path_buf(),
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
 /// Runs in the forked child before exec.
-fn prepare_task_process(cgroup_fds: &[RawFd], report_fd: RawFd) -> io::Result<()> {
+fn prepare_task_process(cgroup_fds: &[RawFd], report_fd: RawFd, join: Option<&PreparedJoin>) -> io::Result<()> {
     // SAFETY (whole body): plain system calls on valid descriptors and stack memory.
     unsafe {
         // Own session and process group: the task gets no controlling terminal and signals sent to
@@ -339,6 +407,31 @@ fn prepare_task_process(cgroup_fds: &[RawFd], report_fd: RawFd) -> io::Result<()
                 let index = u8::try_from(i).unwrap_or(u8::MAX);
                 libc::write(report_fd, (&raw const index).cast(), 1);
                 return Err(err);
+            }
+        }
+        if let Some(join) = join {
+            let fail = |code: u8| {
+                let err = io::Error::last_os_error();
+                libc::write(report_fd, (&raw const code).cast(), 1);
+                err
+            };
+            if libc::setns(join.netns_fd, libc::CLONE_NEWNET) == -1 {
+                return Err(fail(FAILED_SETNS));
+            }
+            if let Some(source) = join.resolv_conf {
+                // A mount namespace of the task's own: slave of the host's, so the host's
+                // unmounts (other tasks' namespaces going away) still reach it while nothing
+                // mounted here leaks out.
+                if libc::unshare(libc::CLONE_NEWNS) == -1 {
+                    return Err(fail(FAILED_UNSHARE));
+                }
+                let none = c"none".as_ptr();
+                if libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) == -1 {
+                    return Err(fail(FAILED_MAKE_SLAVE));
+                }
+                if libc::mount(source, c"/etc/resolv.conf".as_ptr(), none, libc::MS_BIND, std::ptr::null()) == -1 {
+                    return Err(fail(FAILED_RESOLV_CONF));
+                }
             }
         }
     }
@@ -368,6 +461,8 @@ mod tests {
             cwd,
             cgroup_procs: Vec::new(),
             exit_file: dir.path().join("exit.json"),
+            netns: None,
+            resolv_conf: None,
         };
         Sandbox { _dir: dir, spec }
     }

@@ -114,12 +114,14 @@ pub fn secs(value: f64) -> Duration {
     Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
 }
 
-/// Where HTTP and TCP probes connect for `task`. Tasks use host networking for now, so their
-/// ports are the host's and loopback reaches them. With container networking this becomes the
-/// task's own address, and the probe has to run inside the task's network namespace — this is
-/// the one place that decides it.
-pub fn probe_host(_task: &TaskCheckpoint) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
+/// Where HTTP and TCP probes connect for `task`: a host-network task's ports are the host's and
+/// loopback reaches them; a container task is probed at its own address, which the agent's
+/// namespace reaches through the bridge and the task's veth. This is the one place that decides.
+pub fn probe_host(task: &TaskCheckpoint) -> IpAddr {
+    match &task.network {
+        Some(network) => network.ip,
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
 }
 
 /// How one probe went.
@@ -197,6 +199,9 @@ pub fn command_spec(task: &LaunchSpec, command: &CommandInfo) -> LaunchSpec {
         cgroup_procs: task.cgroup_procs.clone(),
         // Probes leave no exit record.
         exit_file: Default::default(),
+        // In the task's network (and its resolv.conf), like the task.
+        netns: task.netns.clone(),
+        resolv_conf: task.resolv_conf.clone(),
     }
 }
 
@@ -556,6 +561,8 @@ mod tests {
             stderr: dir.path().join("stderr"),
             cgroup_procs: Vec::new(),
             exit_file: dir.path().join("exit.json"),
+            netns: None,
+            resolv_conf: None,
         };
         let mut command = CommandInfo::shell(r#"test -e ok && test "$FOO" = task && test "$BAR" = check"#);
         command.environment = vec![("BAR".into(), "check".into())];

@@ -12,7 +12,9 @@
 //! [`launch`] (argv, env, limits), [`outcome`] (terminal status), [`updates`] (the
 //! acknowledgement queue), [`health`] (the health verdict; probes as a thin async layer),
 //! [`gc`] (sandbox collection), [`checkpoint`] (what is on disk), [`process`] (pidfds, start
-//! times, signals), [`cgroups`] and [`executor`].
+//! times, signals), [`cgroups`] and [`executor`]; [`net`] is container networking (address
+//! leases, network namespaces, veths and the bridge over rtnetlink, port forwarders, routes to
+//! other hosts' subnets from the event stream).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -33,6 +35,7 @@ mod http;
 pub mod launch;
 mod master;
 pub mod metrics;
+pub mod net;
 pub mod outcome;
 pub mod process;
 pub mod settings;
@@ -50,6 +53,8 @@ pub enum AgentError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Ipam(#[from] net::store::StoreError),
     #[error("cannot create the data dir {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -113,7 +118,25 @@ pub async fn run(options: AgentOptions, stop: impl Future<Output = StopMode>) ->
     let metrics = Arc::new(metrics::Metrics::new());
     let (tx, rx) = mpsc::unbounded_channel();
     let options = Arc::new(options);
-    let agent = actor::Agent::recover(options.clone(), layout, cgroups, address, metrics.clone(), tx.clone())?;
+    let networking = options.container_networking_enabled();
+    let (me, me_rx) = tokio::sync::watch::channel(None);
+    let (ops, worker, follower) = if networking {
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        let worker = net::worker::Worker {
+            bridge: options.bridge.clone(),
+            prefix: net::netns_prefix(layout.data_dir()),
+            actor: tx.clone(),
+        };
+        let worker = tokio::spawn(worker.run(ops_rx));
+        let follower = tokio::spawn(net::routes::follow(options.master.clone(), me_rx));
+        (Some(ops), Some(worker), Some(follower))
+    } else {
+        tracing::info!("container networking disabled: tasks that ask for a network fail");
+        (None, None, None)
+    };
+    let net_channels = actor::NetChannels { ops, me };
+    let agent =
+        actor::Agent::recover(options.clone(), layout, cgroups, address, metrics.clone(), tx.clone(), net_channels)?;
 
     let api = http::Api { actor: tx.clone(), metrics };
     let server = tokio::spawn(async move {
@@ -126,6 +149,9 @@ pub async fn run(options: AgentOptions, stop: impl Future<Output = StopMode>) ->
     let result = agent.run(rx, stop).await;
     connection.abort();
     server.abort();
+    for task in [worker, follower].into_iter().flatten() {
+        task.abort();
+    }
     result
 }
 

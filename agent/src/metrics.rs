@@ -24,6 +24,10 @@ pub struct Metrics {
     pub health_checks: Family<Labels, Counter>,
     /// Tasks killed because their health check failed too often in a row.
     pub health_check_kills: Counter,
+    /// Container task launches that failed because the agent's subnet of the pool was full.
+    pub ipam_exhausted: Counter,
+    /// Addresses leased to this agent's container tasks.
+    pub ipam_leases: Gauge,
 }
 
 impl Default for Metrics {
@@ -45,6 +49,8 @@ impl Metrics {
         let sandboxes_collected = Counter::default();
         let health_checks = Family::<Labels, Counter>::default();
         let health_check_kills = Counter::default();
+        let ipam_exhausted = Counter::default();
+        let ipam_leases = Gauge::default();
         registry.register("tasks", "Tasks not yet completed, by latest state", tasks.clone());
         registry.register("launches", "Tasks launched", launches.clone());
         registry.register(
@@ -71,6 +77,12 @@ impl Metrics {
             "Tasks killed because their health check failed too often in a row",
             health_check_kills.clone(),
         );
+        registry.register(
+            "ipam_exhausted",
+            "Container task launches that failed because the agent's subnet of the pool was exhausted",
+            ipam_exhausted.clone(),
+        );
+        registry.register("ipam_leases", "Addresses leased to container tasks on this agent", ipam_leases.clone());
         Metrics {
             registry,
             tasks,
@@ -83,6 +95,8 @@ impl Metrics {
             sandboxes_collected,
             health_checks,
             health_check_kills,
+            ipam_exhausted,
+            ipam_leases,
         }
     }
 

@@ -87,6 +87,16 @@ pub struct AgentSettings {
     /// [default: this program]
     #[arg(long)]
     pub executor: Option<PathBuf>,
+    /// Container networking: tasks that ask for a network get their own network namespace, a
+    /// veth into the agent's bridge and an address from the agent's subnet; the agent enables IP
+    /// forwarding and routes to other agents' subnets in the network namespace it runs in.
+    /// `--container-networking` alone turns it on, `=false` off [default: on when running as
+    /// root (and once the master assigns a subnet)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub container_networking: Option<bool>,
+    /// Name of the agent's bridge for container tasks [default: atoll0]
+    #[arg(long)]
+    pub bridge: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -119,9 +129,18 @@ pub struct AgentOptions {
     /// Place tasks in cgroups where this process can create them (always true from settings;
     /// false runs every task in its process group only, as happens without root).
     pub cgroups: bool,
+    /// `Some(true)`/`Some(false)`: container networking forced on/off; `None`: on when root.
+    pub container_networking: Option<bool>,
+    /// The bridge container tasks are attached to.
+    pub bridge: String,
 }
 
 impl AgentOptions {
+    /// Whether tasks may use container networks on this agent (they still need a subnet).
+    pub fn container_networking_enabled(&self) -> bool {
+        self.container_networking.unwrap_or_else(crate::net::is_root)
+    }
+
     /// The address sent to the master, given the port actually bound.
     pub fn advertised_address(&self, bound_port: u16) -> SocketAddr {
         SocketAddr::new(self.advertise_ip.unwrap_or(self.listen.ip()), bound_port)
@@ -158,6 +177,8 @@ impl AgentSettings {
             status_retry_interval,
             cgroup_root,
             executor,
+            container_networking,
+            bridge,
         )
     }
 
@@ -212,6 +233,8 @@ impl AgentSettings {
                 std::env::current_exe().map_err(|e| invalid("executor", format!("cannot find this program: {e}")))?
             }
         };
+        let bridge = self.bridge.unwrap_or_else(|| crate::net::DEFAULT_BRIDGE.to_owned());
+        crate::net::check_ifname(&bridge).map_err(|m| invalid("bridge", m))?;
         Ok(AgentOptions {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5051))),
             master,
@@ -228,6 +251,8 @@ impl AgentSettings {
             cgroup_root,
             executor,
             cgroups: true,
+            container_networking: self.container_networking,
+            bridge,
         })
     }
 }
@@ -458,6 +483,39 @@ mod tests {
             err(AgentSettings { status_retry_interval: Some(Duration::ZERO), ..base })
                 .starts_with("status-retry-interval: ")
         );
+    }
+
+    #[test]
+    fn container_networking_flag_toml_and_bridge() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: AgentSettings,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+                .map(|c| c.settings)
+        };
+        assert_eq!(parse(&[]).expect("parse").container_networking, None);
+        assert_eq!(parse(&["--container-networking"]).expect("parse").container_networking, Some(true));
+        assert_eq!(parse(&["--container-networking=false"]).expect("parse").container_networking, Some(false));
+        assert_eq!(parse(&["--bridge", "br7"]).expect("parse").bridge.as_deref(), Some("br7"));
+        let file: AgentSettings = toml::from_str("container-networking = false\nbridge = \"atoll9\"\n").expect("toml");
+        assert_eq!((file.container_networking, file.bridge.as_deref()), (Some(false), Some("atoll9")));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = AgentSettings {
+            data_dir: Some(dir.path().join("agent")),
+            resources: Some("cpus:1;mem:128;disk:100".into()),
+            ..Default::default()
+        };
+        let o = base.clone().resolve().expect("resolve");
+        assert_eq!((o.bridge.as_str(), o.container_networking), ("atoll0", None));
+        assert_eq!(o.container_networking_enabled(), crate::net::is_root());
+        let off = AgentSettings { container_networking: Some(false), ..base.clone() }.resolve().expect("resolve");
+        assert!(!off.container_networking_enabled());
+        let err = AgentSettings { bridge: Some("far-too-long-bridge".into()), ..base }.resolve().expect_err("bad");
+        assert!(err.to_string().starts_with("bridge: "), "{err}");
     }
 
     #[test]

@@ -179,6 +179,9 @@ impl Cluster {
             .args(["agent", "--master", &self.master_url(), "--listen", &format!("127.0.0.1:{}", self.agent_port)])
             .arg("--data-dir")
             .arg(self.agent_dir())
+            // Agents of these tests share the machine's own network namespace: no bridge or
+            // forwarding there (the container-network tests run agents in namespaces of their own).
+            .arg("--container-networking=false")
             .args(self.resources_flag())
             .args(&self.agent_flags)
             .env("ATOLL_LOG", "info")

@@ -6,6 +6,8 @@
 //! (`harness = false`): `cargo test -p atoll-agent --test agent -- [FILTER…] [--list]`.
 
 mod health;
+mod netns;
+mod network;
 mod support;
 mod tests;
 
@@ -36,6 +38,7 @@ fn main() {
     let selected: Vec<&(&str, fn())> = tests::ALL
         .iter()
         .chain(health::ALL)
+        .chain(network::ALL)
         .filter(|(name, _)| {
             filters.is_empty() || filters.iter().any(|f| if exact { name == f } else { name.contains(f) })
         })

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use apb::agent_registry_server::{AgentRegistry, AgentRegistryServer};
 use apb::master_message::Message as ToAgent;
 use atoll_agent::{AgentError, AgentOptions, AgentSettings, StopMode};
-use atoll_proto::model::{CommandInfo, FrameworkInfo, Labels, Resources, TaskId, TaskInfo, TaskState, TaskStatus};
+use atoll_proto::model::{
+    ClusterState, CommandInfo, FrameworkInfo, Labels, Resources, StreamMessage, TaskId, TaskInfo, TaskState, TaskStatus,
+};
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
+use atoll_proto::pb::v1::operator as opb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -44,6 +47,11 @@ fn require_root(test: &str) -> bool {
 pub struct Scenario {
     root_only: Option<&'static str>,
     configure: Option<fn(&mut AgentOptions)>,
+    /// Run the whole scenario (fake master, agent, tasks, the test's own connections) inside a
+    /// fresh network namespace.
+    netns: bool,
+    /// What the fake master's `Registered` carries.
+    networks: Option<fn() -> apb::Networks>,
 }
 
 /// Runs `body` against a fresh agent registered with a fake master (see [`Scenario::run`]).
@@ -63,6 +71,17 @@ impl Scenario {
         Scenario { configure: Some(configure), ..self }
     }
 
+    /// Runs everything inside a network namespace of the test's own (see [`crate::netns`]): the
+    /// agent's bridge, IP forwarding and routes never touch the machine's own network.
+    pub fn in_netns(self) -> Scenario {
+        Scenario { netns: true, ..self }
+    }
+
+    /// The fake master assigns these networks on registration.
+    pub fn networks(self, networks: fn() -> apb::Networks) -> Scenario {
+        Scenario { networks: Some(networks), ..self }
+    }
+
     /// Starts a fake master and an agent, accepts the agent as [`AGENT_ID`], runs `body` and
     /// stops the agent (leaving tasks) unless `body` stopped it. The [`TestEnv`] outlives the
     /// runtime, so it cleans up after the agent's tasks are gone, also when `body` panics.
@@ -72,10 +91,14 @@ impl Scenario {
         {
             return;
         }
+        // Declared first, dropped last: the env's cleanup and the runtime's end happen inside the
+        // namespace; then this thread goes back and the namespace is deleted.
+        let netns = self.netns.then(crate::netns::TestNetns::enter);
         let env = TestEnv::new();
         let rt = runtime();
         rt.block_on(async {
             let mut master = FakeMaster::start().await;
+            master.networks = self.networks.map(|f| f());
             let mut options = env.options(&master.url);
             if let Some(configure) = self.configure {
                 configure(&mut options);
@@ -87,6 +110,9 @@ impl Scenario {
             body(&mut scene).await;
             scene.agent.stop(StopMode::LeaveTasks).await;
         });
+        drop(rt);
+        drop(env);
+        drop(netns);
     }
 }
 
@@ -321,6 +347,43 @@ pub struct FakeMaster {
     _shutdown: oneshot::Sender<()>,
     /// Every status update received, in order.
     pub statuses: Vec<TaskStatus>,
+    /// What `Registered` carries (container networking).
+    pub networks: Option<apb::Networks>,
+    /// The cluster state the fake event stream serves: every change goes out as a snapshot.
+    pub cluster: tokio::sync::watch::Sender<ClusterState>,
+}
+
+/// The master's event stream (`Operator/Subscribe`): a snapshot of [`FakeMaster::cluster`]
+/// at every change.
+struct FakeOperator {
+    cluster: tokio::sync::watch::Receiver<ClusterState>,
+}
+
+#[tonic::async_trait]
+impl opb::operator_server::Operator for FakeOperator {
+    type SubscribeStream = ReceiverStream<Result<opb::StreamMessage, Status>>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<opb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            loop {
+                let state = cluster.borrow_and_update().clone();
+                let message = opb::StreamMessage::from(&StreamMessage::Snapshot { state });
+                if tx.send(Ok(message)).await.is_err() || cluster.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_state(&self, _request: Request<opb::GetStateRequest>) -> Result<Response<opb::State>, Status> {
+        Ok(Response::new(opb::State::from(&*self.cluster.borrow())))
+    }
 }
 
 impl FakeMaster {
@@ -332,15 +395,26 @@ impl FakeMaster {
         let registry =
             Registry { events: events_tx, current: current.clone(), connections: std::sync::atomic::AtomicU64::new(0) };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let (cluster, cluster_rx) = tokio::sync::watch::channel(ClusterState::default());
+        let operator = opb::operator_server::OperatorServer::new(FakeOperator { cluster: cluster_rx });
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(AgentRegistryServer::new(registry))
+                .add_service(operator)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = shutdown_rx.await;
                 })
                 .await;
         });
-        FakeMaster { url: format!("http://{addr}"), events, current, _shutdown: shutdown, statuses: Vec::new() }
+        FakeMaster {
+            url: format!("http://{addr}"),
+            events,
+            current,
+            _shutdown: shutdown,
+            statuses: Vec::new(),
+            networks: None,
+            cluster,
+        }
     }
 
     /// The next event of the current connection; what earlier connections still deliver (a
@@ -387,7 +461,7 @@ impl FakeMaster {
         self.send(ToAgent::Registered(apb::Registered {
             agent_id: Some(pb::AgentId { value: agent_id.into() }),
             heartbeat_interval_seconds: 1.0,
-            networks: None,
+            networks: self.networks.clone(),
         }));
     }
 

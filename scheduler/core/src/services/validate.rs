@@ -14,8 +14,7 @@
 //! `/env/MY~1VAR` for a key with a '/', and `""` for the definition as a whole.
 //!
 //! Atoll runs commands, not container images: a definition must have `cmd` or `args`, and
-//! `container.type` must be `MESOS`. Container networking waits for IPAM; that refusal is a
-//! single check ([`CONTAINER_NETWORKING_AVAILABLE`]) so it can go when IPAM lands.
+//! `container.type` must be `MESOS`. Container networks take addresses from IPAM pools.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,10 +24,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::constraints::Constraint;
-
-/// Flip when IPAM gives tasks their own addresses; everything else about container
-/// networking (port mappings, health checks on container ports) is already checked and built.
-pub const CONTAINER_NETWORKING_AVAILABLE: bool = false;
 
 /// The task labels the framework sets itself; a definition may not set them.
 pub const RESERVED_LABELS: [&str; 2] = [super::matching::APP_ID_LABEL, super::matching::APP_VERSION_LABEL];
@@ -523,9 +518,6 @@ fn check_networking(def: &AppDefinition, p: &mut Problems) {
         let path = format!("/networks/{i}/mode");
         match network.mode.as_str() {
             "host" => {}
-            "container" if !CONTAINER_NETWORKING_AVAILABLE => {
-                p.add(path, "container networking is not available yet (IPAM)");
-            }
             "container" => {}
             "container/bridge" => p.add(path, "bridge networking needs Docker, which Atoll does not run"),
             other => p.add(path, format!("must be host or container, not `{other}`")),
@@ -882,7 +874,6 @@ mod tests {
 
         let container = with(web(), json!({"networks": [{"mode": "container", "name": "atoll"}]}));
         let found = problems(container);
-        assert!(has(&found, "/networks/0/mode", "container networking is not available yet (IPAM)"), "{found:?}");
         assert!(has(&found, "/portDefinitions", "use container.portMappings"), "{found:?}");
 
         let mixed = with(web(), json!({"container": {"type": "MESOS", "portMappings": [{"containerPort": 80}]}}));
@@ -899,14 +890,18 @@ mod tests {
     }
 
     #[test]
-    fn container_networking_is_refused_by_one_check_only() {
-        let container = with(
-            web(),
-            json!({"networks": [{"mode": "container", "name": "atoll"}], "portDefinitions": null,
-                   "container": {"type": "MESOS", "portMappings": [{"containerPort": 8080, "hostPort": 0, "name": "http"}]}}),
-        );
-        let found = problems(container);
-        assert_eq!(found, vec![("/networks/0/mode".into(), "container networking is not available yet (IPAM)".into())]);
+    fn container_networks_with_port_mappings_and_pinned_addresses() {
+        let container = json!({"networks": [{"mode": "container", "name": "atoll"}], "portDefinitions": null,
+               "container": {"type": "MESOS", "portMappings": [{"containerPort": 8080, "hostPort": 0, "name": "http"}]}});
+        assert!(parse(with(web(), container.clone())).is_ok());
+        let mut pinned = container.clone();
+        pinned["networks"][0]["ipAddress"] = json!("198.18.0.9");
+        pinned["instances"] = json!(2);
+        assert!(has(&problems(with(web(), pinned.clone())), "/networks/0/ipAddress", "one instance"));
+        pinned["instances"] = json!(1);
+        assert!(parse(with(web(), pinned)).is_ok());
+        let host_pin = with(web(), json!({"networks": [{"mode": "host", "ipAddress": "198.18.0.9"}]}));
+        assert!(has(&problems(host_pin), "/networks/0/ipAddress", "only a container network"));
     }
 
     #[test]
