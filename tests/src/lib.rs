@@ -104,6 +104,8 @@ pub struct Cluster {
     /// Extra master flags used at every master start.
     pub master_flags: Vec<String>,
     dns: Option<Child>,
+    /// The address the master listens on (loopback unless a test needs it elsewhere).
+    pub master_ip: String,
     /// UDP/TCP and HTTP ports of `atoll dns`, once started.
     pub dns_port: u16,
     pub dns_http_port: u16,
@@ -121,7 +123,19 @@ impl Cluster {
     }
 
     pub async fn start_with_flags(master_flags: &[&str], agent_flags: &[&str]) -> anyhow::Result<Cluster> {
-        let mut cluster = Cluster {
+        let mut cluster = Cluster::unstarted("127.0.0.1", master_flags, agent_flags)?;
+        cluster.start_master().await?;
+        cluster.start_agent().await?;
+        cluster.wait_agent_active().await?;
+        Ok(cluster)
+    }
+
+    pub fn master_url(&self) -> String {
+        format!("http://{}:{}", self.master_ip, self.master_port)
+    }
+
+    fn unstarted(master_ip: &str, master_flags: &[&str], agent_flags: &[&str]) -> anyhow::Result<Cluster> {
+        Ok(Cluster {
             master_flags: master_flags.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::Builder::new().prefix("atoll-test-").tempdir()?,
             master_port: free_port(),
@@ -130,18 +144,18 @@ impl Cluster {
             agent: None,
             http: reqwest::Client::new(),
             dns: None,
+            master_ip: master_ip.to_owned(),
             dns_port: free_port(),
             dns_http_port: free_port(),
             agent_flags: agent_flags.iter().map(|s| s.to_string()).collect(),
-        };
-        cluster.start_master().await?;
-        cluster.start_agent().await?;
-        cluster.wait_agent_active().await?;
-        Ok(cluster)
+        })
     }
 
-    pub fn master_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.master_port)
+    /// A master alone, listening on `ip` (agents are the test's own business).
+    pub async fn start_master_only(ip: &str) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::unstarted(ip, &[], &[])?;
+        cluster.start_master().await?;
+        Ok(cluster)
     }
 
     pub fn agent_url(&self) -> String {
@@ -154,7 +168,7 @@ impl Cluster {
 
     pub async fn start_master(&mut self) -> anyhow::Result<()> {
         let child = Command::new(atoll_bin())
-            .args(["master", "--listen", &format!("127.0.0.1:{}", self.master_port)])
+            .args(["master", "--listen", &format!("{}:{}", self.master_ip, self.master_port)])
             .arg("--data-dir")
             .arg(self.dir.path().join("master"))
             .args(["--agent-ping-timeout", "1s", "--max-agent-ping-timeouts", "5"])
