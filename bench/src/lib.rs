@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+pub mod dns;
+
 /// Minimum, median and maximum of a set of measurements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -25,6 +27,42 @@ impl Summary {
             _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
         };
         Some(Summary { min: sorted[0], median, max: sorted[n - 1] })
+    }
+}
+
+/// Nearest-rank percentiles of a set of latencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percentiles {
+    pub count: usize,
+    pub min: Duration,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub mean: Duration,
+}
+
+impl Percentiles {
+    /// `None` for no samples. The p-th percentile is the smallest sample with at least p% of
+    /// the samples at or below it (nearest rank), so it is always a measured value.
+    pub fn of(samples: &[Duration]) -> Option<Percentiles> {
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        if n == 0 {
+            return None;
+        }
+        let rank = |p: usize| sorted[(p * n).div_ceil(100).clamp(1, n) - 1];
+        let total: Duration = sorted.iter().sum();
+        Some(Percentiles {
+            count: n,
+            min: sorted[0],
+            p50: rank(50),
+            p90: rank(90),
+            p99: rank(99),
+            max: sorted[n - 1],
+            mean: total / u32::try_from(n).unwrap_or(u32::MAX),
+        })
     }
 }
 
@@ -58,5 +96,16 @@ mod tests {
         assert_eq!(Summary::of(&[]), None);
         assert_eq!(Summary::of(&[d(3), d(1), d(2)]), Some(Summary { min: d(1), median: d(2), max: d(3) }));
         assert_eq!(Summary::of(&[d(4), d(1), d(2), d(3)]).unwrap().median, Duration::from_micros(2500));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let d = Duration::from_millis;
+        assert_eq!(Percentiles::of(&[]), None);
+        let samples: Vec<Duration> = (1..=100).rev().map(d).collect();
+        let p = Percentiles::of(&samples).unwrap();
+        assert_eq!((p.min, p.p50, p.p90, p.p99, p.max), (d(1), d(50), d(90), d(99), d(100)));
+        let one = Percentiles::of(&[d(7)]).unwrap();
+        assert_eq!((one.p50, one.p99, one.mean), (d(7), d(7), d(7)));
     }
 }

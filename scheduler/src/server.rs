@@ -11,6 +11,8 @@ use atoll_proto::pb::v1::operator::operator_server::OperatorServer;
 use atoll_proto::pb::v1::scheduler::scheduler_server::SchedulerServer;
 use atoll_scheduler_core::master::Master;
 
+use axum::serve::ListenerExt;
+
 use crate::actor;
 use crate::config::MasterOptions;
 use crate::grpc::{AgentService, OperatorService, SchedulerService};
@@ -86,7 +88,12 @@ impl RunningMaster {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
-        let graceful = axum::serve(self.listener, self.app).with_graceful_shutdown(async move {
+        // Launches, status updates and events are small messages on long-lived streams:
+        // Nagle's algorithm would hold each back for the peer's delayed ack (~40 ms).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let graceful = axum::serve(listener, self.app).with_graceful_shutdown(async move {
             shutdown.await;
             notify.notify_waiters();
         });
