@@ -6,6 +6,7 @@
 //! polling of an Atoll master. It remembers the cluster state it has applied under the data
 //! dir, so a restarted DNS serves at once and resumes the stream where it left off.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -152,7 +153,14 @@ impl RunningDns {
         let api = crate::http::router(shared.clone());
         let http_stop = stopped(stop_rx.clone());
         let http_task = tokio::spawn(async move { axum::serve(http, api).with_graceful_shutdown(http_stop).await });
-        let feeder = Feeder { shared: shared.clone(), projection, state_file, last_save: None };
+        let feeder = Feeder {
+            shared: shared.clone(),
+            projection,
+            state_file,
+            last_save: None,
+            gateways: BTreeMap::new(),
+            stop: stop_rx.clone(),
+        };
         let feed = tokio::spawn(feeder.run(queries, stopped(stop_rx)));
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -178,6 +186,9 @@ struct Feeder {
     projection: Projection,
     state_file: Option<PathBuf>,
     last_save: Option<Instant>,
+    /// Extra listeners on the bridge gateways of this node's agents (containers' resolver).
+    gateways: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How often the applied state is written to the data dir (at most).
@@ -279,6 +290,51 @@ impl Feeder {
         self.shared.metrics.records.set(self.shared.zone.snapshot().len() as i64);
         self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         self.save(state.as_ref());
+        if let Some(state) = state.as_ref() {
+            self.update_gateways(state);
+        }
+    }
+
+    /// Answers on the bridge gateway of every subnet of this node's agents (container tasks'
+    /// resolv.conf points there), starting and stopping listeners as subnets come and go.
+    fn update_gateways(&mut self, state: &ClusterState) {
+        let Some(port) = self.shared.options.gateway_port else { return };
+        let wanted: BTreeSet<SocketAddr> = state
+            .agents
+            .iter()
+            .filter(|a| is_local(a.address.ip()))
+            .flat_map(|a| a.subnets.iter().map(move |s| SocketAddr::new(s.gateway, port)))
+            .collect();
+        self.gateways.retain(|addr, task| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for addr in wanted {
+            if self.gateways.contains_key(&addr) {
+                continue;
+            }
+            match crate::server::Listeners::bind_freebind(&[addr]) {
+                Ok(listeners) => {
+                    tracing::info!(%addr, "answering on the bridge gateway");
+                    let config = server_config(&self.shared.options);
+                    let zone = self.shared.zone.clone();
+                    let mut stop = self.stop.clone();
+                    let task = tokio::spawn(async move {
+                        let stopped = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        if let Err(e) = crate::server::serve_on(listeners, config, zone, stopped).await {
+                            tracing::warn!(%addr, "gateway listener stopped: {e}");
+                        }
+                    });
+                    self.gateways.insert(addr, task);
+                }
+                Err(e) => tracing::warn!(%addr, "cannot answer on the bridge gateway: {e}"),
+            }
+        }
     }
 
     fn answer(&self, query: Query) {
@@ -315,6 +371,11 @@ impl Feeder {
             tracing::warn!("saving the applied state to {}: {e}", path.display());
         }
     }
+}
+
+/// Whether an address belongs to this machine (an agent on this node).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// The master named by a URL, as leader and only master (Atoll runs one master).

@@ -71,6 +71,10 @@ pub struct DnsSettings {
     /// Host name of this DNS server within the domain (`<name>.<domain>`) [default: ns1]
     #[arg(long)]
     pub soa_mname: Option<String>,
+    /// Port to answer on at the bridge gateway of every subnet of this node's agents (where
+    /// container tasks' resolv.conf points); 0 turns it off [default: 53]
+    #[arg(long)]
+    pub gateway_port: Option<u16>,
     /// Drop-in mode: serve names for an Apache Mesos master (its operator API, else polling
     /// /master/state) instead of an Atoll master
     #[arg(long)]
@@ -103,6 +107,7 @@ impl DnsSettings {
             recursion_allowed: pick(self.recursion_allowed, file.recursion_allowed),
             publish_unhealthy: self.publish_unhealthy || file.publish_unhealthy,
             soa_mname: self.soa_mname.or(file.soa_mname),
+            gateway_port: self.gateway_port.or(file.gateway_port),
             mesos_master: self.mesos_master.or(file.mesos_master),
             master: self.master.or(file.master),
         }
@@ -183,6 +188,10 @@ impl DnsSettings {
             mesos_master: self.mesos_master,
             master,
             data_dir: Some(self.data_dir.unwrap_or_else(|| atoll_proto::paths::default_data_dir("dns"))),
+            gateway_port: match self.gateway_port.unwrap_or(53) {
+                0 => None,
+                port => Some(port),
+            },
         })
     }
 }
@@ -227,6 +236,8 @@ pub struct DnsOptions {
     pub master: String,
     /// None: keep nothing (tests and `atoll up` pass a directory).
     pub data_dir: Option<PathBuf>,
+    /// None: do not answer on the agents' bridge gateways.
+    pub gateway_port: Option<u16>,
 }
 
 #[cfg(test)]

@@ -233,7 +233,7 @@ impl Cluster {
     /// resolvers) and waits for its HTTP API.
     pub async fn start_dns(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         let child = Command::new(atoll_bin())
-            .args(["dns", "--master", &self.master_url(), "--no-forward"])
+            .args(["dns", "--master", &self.master_url(), "--no-forward", "--gateway-port", "0"])
             .args(["--listen", &format!("127.0.0.1:{}", self.dns_port)])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.dns_http_port)])
             .arg("--data-dir")

@@ -27,6 +27,8 @@ struct Hosts {
     agents: Vec<(String, Child, PathBuf)>,
     /// The agents' data dirs: kept until their cleanup ran, whatever else is dropped first.
     dir: tempfile::TempDir,
+    /// Other daemons started in the hosts.
+    others: Vec<Child>,
 }
 
 impl Hosts {
@@ -40,7 +42,7 @@ impl Hosts {
         static N: AtomicU32 = AtomicU32::new(0);
         let tag = format!("{}{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::Builder::new().prefix("atoll-hosts-").tempdir().expect("temp dir");
-        let this = Hosts { tag, agents: Vec::new(), dir };
+        let this = Hosts { tag, agents: Vec::new(), dir, others: Vec::new() };
         let sw = this.namespace("atsw");
         ip(&["netns", "add", &sw]);
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
@@ -83,6 +85,25 @@ impl Hosts {
         self.agents.push((format!("ath{n}"), child, data));
     }
 
+    /// Starts `atoll dns` in host `n`: it answers on that host's bridge gateway, port 53,
+    /// where the host's container tasks resolve names.
+    fn start_dns(&mut self, n: u8, master: &str) {
+        let data = self.dir.path().join(format!("dns-h{n}"));
+        let log = std::fs::File::create(self.dir.path().join(format!("dns-h{n}.log"))).unwrap();
+        let child = self
+            .in_host(n)
+            .args(["dns", "--master", master, "--no-forward"])
+            .args(["--listen", &format!("198.19.255.{n}:8053"), "--http-listen", &format!("198.19.255.{n}:8123")])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("ATOLL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("atoll dns");
+        self.others.push(child);
+    }
+
     /// `atoll` run in host `n`'s network namespace only: the mount namespace stays the
     /// machine's, so the task namespaces the agent mounts under /run/netns are seen by all.
     fn in_host(&self, n: u8) -> Command {
@@ -104,6 +125,10 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        for mut child in std::mem::take(&mut self.others) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for (n, (_, mut child, data)) in std::mem::take(&mut self.agents).into_iter().enumerate() {
             let _ = child.kill();
             let _ = child.wait();
@@ -147,6 +172,7 @@ async fn a_task_on_one_host_reaches_a_task_on_another_by_its_own_address() {
     for n in 1..=2 {
         hosts.start_agent(n, &cluster.master_url());
     }
+    hosts.start_dns(2, &cluster.master_url());
     let agents = wait_for("both agents with a subnet each", LONG, async || {
         let nodes = cluster.get("/v1/nodes").await?;
         let ready = nodes.as_array().map(|n| {
@@ -202,7 +228,25 @@ async fn a_task_on_one_host_reaches_a_task_on_another_by_its_own_address() {
     let client_node = cluster.get("/v2/apps/client").await.unwrap()["app"]["tasks"][0]["slaveId"].clone();
     assert_ne!(server_node, client_node, "the two tasks run on different hosts");
 
+    // And by name, through host 2's DNS answering on its bridge gateway (where container
+    // tasks' resolv.conf points): server.marathon.mesos is the server's own address.
+    let by_name = "python3 -c \"import urllib.request; urllib.request.urlopen('http://server.marathon.mesos:8080/ok', timeout=2)\"";
+    let named = app_on(
+        "/named",
+        "h2",
+        "exec sleep 1000",
+        json!({ "protocol": "COMMAND", "command": { "value": by_name }, "intervalSeconds": 0.5, "gracePeriodSeconds": 60, "maxConsecutiveFailures": 0, "delaySeconds": 0 }),
+    );
+    let (status, body) = cluster.post("/v2/apps", &named).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    wait_for("a container task to reach the server by name", LONG, async || {
+        let app = cluster.get("/v2/apps/named").await?;
+        Ok((app["app"]["tasksHealthy"] == 1).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+
     // Leases are visible to the master.
     let leases = cluster.get("/v1/ipam/leases").await.unwrap();
-    assert_eq!(leases.as_array().unwrap().len(), 2, "{leases}");
+    assert_eq!(leases.as_array().unwrap().len(), 3, "{leases}");
 }
