@@ -384,6 +384,9 @@ fn summary(event: &Event) -> String {
             format!("{} {}", pool.name, cidrs.join(","))
         }
         EventKind::PoolRemoved { name } => name.clone(),
+        EventKind::VipAssigned { vip } | EventKind::VipReleased { vip } => {
+            format!("{}.{} {}", vip.name, vip.framework, vip.address)
+        }
     }
 }
 

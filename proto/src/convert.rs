@@ -17,7 +17,7 @@ use crate::model::{
     self, Agent, AgentInfo, AgentState, AgentSubnet, App, AppId, AttributeValue, Attributes, Capability, ClusterState,
     CommandInfo, Deployment, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId, FrameworkInfo,
     HealthCheck, HealthCheckKind, Labels, NetworkRequest, Ranges, Reason, ResourceValue, Resources, Scalar, Source,
-    StreamMessage, Task, TaskInfo, TaskPortMapping, TaskState, TaskStatus, Time,
+    StreamMessage, Task, TaskInfo, TaskPortMapping, TaskState, TaskStatus, Time, VipAssignment,
 };
 use crate::pb::v1 as pb;
 use crate::pb::v1::operator;
@@ -1272,6 +1272,8 @@ impl From<&Event> for operator::Event {
             EventKind::PoolAdded { pool } => Kind::PoolAdded(pool_to_pb(pool)),
             EventKind::PoolUpdated { pool } => Kind::PoolUpdated(pool_to_pb(pool)),
             EventKind::PoolRemoved { name } => Kind::PoolRemoved(operator::event::PoolRemoved { name: name.clone() }),
+            EventKind::VipAssigned { vip } => Kind::VipAssigned(vip.into()),
+            EventKind::VipReleased { vip } => Kind::VipReleased(vip.into()),
         };
         operator::Event { index: event.index, timestamp: event.timestamp.as_secs_f64(), kind: Some(kind) }
     }
@@ -1312,6 +1314,8 @@ impl TryFrom<operator::Event> for Event {
             Kind::PoolRemoved(removed) => {
                 EventKind::PoolRemoved { name: non_empty(removed.name, "pool_removed.name")? }
             }
+            Kind::VipAssigned(vip) => EventKind::VipAssigned { vip: convert(vip, "vip_assigned")? },
+            Kind::VipReleased(vip) => EventKind::VipReleased { vip: convert(vip, "vip_released")? },
             Kind::DeploymentFinished(finished) => EventKind::DeploymentFinished {
                 deployment: convert_required(finished.deployment, "deployment_finished.deployment")?,
                 outcome: from_json_text(&format!("\"{}\"", finished.outcome), "deployment_finished.outcome")?,
@@ -1331,7 +1335,26 @@ impl From<&ClusterState> for operator::State {
             apps: state.apps.iter().map(Into::into).collect(),
             deployments: state.deployments.iter().map(Into::into).collect(),
             pools: state.pools.iter().map(pool_to_pb).collect(),
+            vips: state.vips.iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<&VipAssignment> for operator::Vip {
+    fn from(vip: &VipAssignment) -> Self {
+        operator::Vip { framework: vip.framework.clone(), name: vip.name.clone(), address: vip.address.to_string() }
+    }
+}
+
+impl TryFrom<operator::Vip> for VipAssignment {
+    type Error = ConvertError;
+
+    fn try_from(vip: operator::Vip) -> Result<Self, ConvertError> {
+        Ok(VipAssignment {
+            framework: non_empty(vip.framework, "framework")?,
+            name: non_empty(vip.name, "name")?,
+            address: parse_ip(&vip.address, "address")?,
+        })
     }
 }
 
@@ -1401,6 +1424,7 @@ impl TryFrom<operator::State> for ClusterState {
                 .enumerate()
                 .map(|(i, p)| pool_from_pb(p, &format!("pools[{i}]")))
                 .collect::<Result<_, _>>()?,
+            vips: convert_each(state.vips, "vips")?,
         })
     }
 }

@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use atoll_proto::model::{Agent, App, Deployment, Event, EventKind, Framework, FrameworkId, Task, TaskId};
+use atoll_proto::model::{
+    Agent, App, Deployment, Event, EventKind, Framework, FrameworkId, Task, TaskId, VipAssignment,
+};
 use atoll_scheduler_core::master::Recovered;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -17,6 +19,7 @@ const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("framework
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+const VIPS: TableDefinition<&str, &[u8]> = TableDefinition::new("vips");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Meta key of the IP pools (with their subnet leases), written whole when they change.
@@ -63,6 +66,10 @@ pub struct Registry {
     retention: u64,
 }
 
+fn vip_key(vip: &VipAssignment) -> String {
+    format!("{}\u{1f}{}", vip.framework, vip.name)
+}
+
 fn task_key(framework_id: &FrameworkId, task_id: &TaskId) -> String {
     // Unit separator: cannot occur in ids that came through validation.
     format!("{framework_id}\u{1f}{task_id}")
@@ -98,6 +105,7 @@ impl Registry {
             txn.open_table(TASKS).map_err(storage)?;
             txn.open_table(APPS).map_err(storage)?;
             txn.open_table(DEPLOYMENTS).map_err(storage)?;
+            txn.open_table(VIPS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         Ok(registry)
@@ -136,6 +144,10 @@ impl Registry {
             let (k, v) = row.map_err(storage)?;
             recovered.deployments.push(decode::<Deployment>(k.value(), v.value())?);
         }
+        for row in txn.open_table(VIPS).map_err(storage)?.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            recovered.vips.push(decode::<VipAssignment>(k.value(), v.value())?);
+        }
         Ok(recovered)
     }
 
@@ -152,6 +164,7 @@ impl Registry {
             let mut tasks = txn.open_table(TASKS).map_err(storage)?;
             let mut apps = txn.open_table(APPS).map_err(storage)?;
             let mut deployments = txn.open_table(DEPLOYMENTS).map_err(storage)?;
+            let mut vips = txn.open_table(VIPS).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
             let mut last = None;
             for event in &batch.events {
@@ -192,6 +205,13 @@ impl Registry {
                     }
                     EventKind::DeploymentFinished { deployment, .. } => {
                         deployments.remove(deployment.id.as_str()).map_err(storage)?;
+                    }
+                    EventKind::VipAssigned { vip } => {
+                        let bytes = serde_json::to_vec(vip).map_err(storage)?;
+                        vips.insert(vip_key(vip).as_str(), bytes.as_slice()).map_err(storage)?;
+                    }
+                    EventKind::VipReleased { vip } => {
+                        vips.remove(vip_key(vip).as_str()).map_err(storage)?;
                     }
                     // Pools are saved whole (with their subnet leases) through `Batch::pools`.
                     EventKind::PoolAdded { .. } | EventKind::PoolUpdated { .. } | EventKind::PoolRemoved { .. } => {}

@@ -225,7 +225,9 @@ impl Projection {
             | EventKind::DeploymentFinished { .. }
             | EventKind::PoolAdded { .. }
             | EventKind::PoolUpdated { .. }
-            | EventKind::PoolRemoved { .. } => {}
+            | EventKind::PoolRemoved { .. }
+            | EventKind::VipAssigned { .. }
+            | EventKind::VipReleased { .. } => {}
         }
         self.finish(touched)
     }

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentId, App, AppId, Deployment, DeploymentOutcome, Framework, FrameworkId, PoolSpec, Task, Time};
+use super::{
+    Agent, AgentId, App, AppId, Deployment, DeploymentOutcome, Framework, FrameworkId, PoolSpec, Task, Time,
+    VipAssignment,
+};
 
 /// One change of cluster state, with its place in the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +70,13 @@ pub enum EventKind {
     PoolRemoved {
         name: String,
     },
+    /// A named VIP got its address (from the VIP pool), or gave it back.
+    VipAssigned {
+        vip: VipAssignment,
+    },
+    VipReleased {
+        vip: VipAssignment,
+    },
 }
 
 impl EventKind {
@@ -88,6 +98,8 @@ impl EventKind {
             EventKind::PoolAdded { .. } => "POOL_ADDED",
             EventKind::PoolUpdated { .. } => "POOL_UPDATED",
             EventKind::PoolRemoved { .. } => "POOL_REMOVED",
+            EventKind::VipAssigned { .. } => "VIP_ASSIGNED",
+            EventKind::VipReleased { .. } => "VIP_RELEASED",
         }
     }
 }
@@ -105,6 +117,8 @@ pub struct ClusterState {
     pub deployments: Vec<Deployment>,
     #[serde(default)]
     pub pools: Vec<PoolSpec>,
+    #[serde(default)]
+    pub vips: Vec<VipAssignment>,
 }
 
 impl ClusterState {
@@ -133,6 +147,12 @@ impl ClusterState {
                 upsert(&mut self.pools, pool.clone(), |p| p.name == pool.name)
             }
             EventKind::PoolRemoved { name } => self.pools.retain(|p| &p.name != name),
+            EventKind::VipAssigned { vip } => {
+                upsert(&mut self.vips, vip.clone(), |v| v.framework == vip.framework && v.name == vip.name)
+            }
+            EventKind::VipReleased { vip } => {
+                self.vips.retain(|v| !(v.framework == vip.framework && v.name == vip.name))
+            }
         }
     }
 }

@@ -38,3 +38,14 @@ pub struct NetworkRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<TaskPortMapping>,
 }
+
+/// A named VIP's address: allocated once by the master from the VIP pool, the same on every
+/// node, kept across restarts (`/web:80` on framework `marathon` is `web.marathon`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VipAssignment {
+    /// The framework name of the tasks that carry the label.
+    pub framework: String,
+    /// The VIP's name, without the leading slash (`web` for `/web:80`).
+    pub name: String,
+    pub address: IpAddr,
+}

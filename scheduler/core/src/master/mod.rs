@@ -16,7 +16,7 @@ use std::time::Duration;
 use atoll_proto::model::{
     Agent, AgentId, AgentState, App, AppId, Capability, ClusterState, Deployment, Event, EventKind, Framework,
     FrameworkId, FrameworkInfo, OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo, TaskState, TaskStatus,
-    Time,
+    Time, VipAssignment,
 };
 
 use crate::allocator::{Allocation, Allocator};
@@ -61,6 +61,7 @@ pub struct Recovered {
     pub deployments: Vec<Deployment>,
     /// The IP pools with their subnet leases (None: a registry from before IPAM).
     pub pools: Option<atoll_ipam::Pools>,
+    pub vips: Vec<VipAssignment>,
 }
 
 /// The master's whole domain state. One owner (the shell's master task) drives it.
@@ -82,6 +83,8 @@ pub struct Master {
     deployments: BTreeMap<String, Deployment>,
     /// IP pools and the subnet each agent holds (see `ipam.rs`).
     ipam: atoll_ipam::Pools,
+    /// Named VIPs and their addresses (see `vips.rs`).
+    vips: BTreeMap<(String, String), VipAssignment>,
     removed_frameworks: BTreeSet<FrameworkId>,
     /// Kills asked for while the task's agent was away, sent when it re-registers.
     pending_kills: BTreeMap<TaskKey, Option<f64>>,
@@ -120,6 +123,7 @@ impl Master {
             apps: registry.apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             deployments: registry.deployments.into_iter().map(|d| (d.id.clone(), d)).collect(),
             ipam: registry.pools.unwrap_or_default(),
+            vips: registry.vips.into_iter().map(|v| ((v.framework.clone(), v.name.clone()), v)).collect(),
             removed_frameworks: BTreeSet::new(),
             pending_kills: BTreeMap::new(),
             allocator,
@@ -214,6 +218,7 @@ impl Master {
             apps: self.apps.values().cloned().collect(),
             deployments: self.deployments.values().cloned().collect(),
             pools: self.ipam.pools().cloned().collect(),
+            vips: self.vips.values().cloned().collect(),
         }
     }
 
