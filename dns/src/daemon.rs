@@ -62,17 +62,18 @@ pub fn server_config(options: &DnsOptions) -> ServerConfig {
     let domain = Name::new(&options.domain);
     let mname = Name::new(&format!("{}.{}", options.soa_mname, options.domain));
     let rname = Name::new(&format!("root.{mname}"));
+    let zone = |domain: Name| ZoneConfig {
+        domain,
+        ttl: options.ttl,
+        soa_mname: mname.clone(),
+        soa_rname: rname.clone(),
+        refresh: 60,
+        retry: 600,
+        expire: 86400,
+        minimum: options.ttl,
+    };
     ServerConfig {
-        zones: vec![ZoneConfig {
-            domain,
-            ttl: options.ttl,
-            soa_mname: mname,
-            soa_rname: rname,
-            refresh: 60,
-            retry: 600,
-            expire: 86400,
-            minimum: options.ttl,
-        }],
+        zones: vec![zone(domain), zone(Name::new(&options.vip_domain))],
         forward: options.forward.clone(),
         recursion_allowed: options.recursion_allowed.clone(),
     }
@@ -105,6 +106,7 @@ pub async fn start(options: DnsOptions) -> Result<RunningDns, DaemonError> {
         soa_mname: options.soa_mname.clone(),
         dns_ips,
         health_aware: options.health_aware,
+        vip_domain: options.vip_domain.clone(),
     });
     let state_file = options.data_dir.as_ref().map(|dir| dir.join("state.json"));
     if let Some(dir) = &options.data_dir {

@@ -40,6 +40,9 @@ pub struct DnsSettings {
     /// The domain tasks are named under [default: mesos]
     #[arg(long)]
     pub domain: Option<String>,
+    /// The zone of named VIPs [default: l4lb.thisdcos.directory]
+    #[arg(long)]
+    pub vip_domain: Option<String>,
     /// TTL of task and VIP records, in seconds [default: 5]
     #[arg(long)]
     pub ttl: Option<u32>,
@@ -99,6 +102,7 @@ impl DnsSettings {
             http_listen: self.http_listen.or(file.http_listen),
             data_dir: self.data_dir.or(file.data_dir),
             domain: self.domain.or(file.domain),
+            vip_domain: self.vip_domain.or(file.vip_domain),
             ttl: self.ttl.or(file.ttl),
             label_spec: self.label_spec.or(file.label_spec),
             ip_sources: self.ip_sources.or(file.ip_sources),
@@ -117,6 +121,15 @@ impl DnsSettings {
         let domain = self.domain.unwrap_or_else(|| "mesos".into()).trim_matches('.').to_ascii_lowercase();
         if domain.is_empty() || domain.split('.').any(|l| l.is_empty() || l.len() > 63) {
             return Err(invalid("domain", format!("`{domain}` is not a domain name")));
+        }
+        let vip_domain = self
+            .vip_domain
+            .unwrap_or_else(|| crate::projection::DEFAULT_VIP_DOMAIN.into())
+            .trim_matches('.')
+            .to_ascii_lowercase();
+        if vip_domain.is_empty() || vip_domain == domain || vip_domain.split('.').any(|l| l.is_empty() || l.len() > 63)
+        {
+            return Err(invalid("vip-domain", format!("`{vip_domain}` is not a domain name apart from --domain")));
         }
         let label_spec = match self.label_spec.as_deref().unwrap_or("rfc1123") {
             "rfc1123" | "RFC1123" => LabelSpec::Rfc1123,
@@ -178,6 +191,7 @@ impl DnsSettings {
             listen: if self.listen.is_empty() { vec![SocketAddr::from(([127, 0, 0, 1], 53))] } else { self.listen },
             http_listen: self.http_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8123))),
             domain,
+            vip_domain,
             ttl,
             label_spec,
             ip_sources,
@@ -224,6 +238,7 @@ pub struct DnsOptions {
     pub listen: Vec<SocketAddr>,
     pub http_listen: SocketAddr,
     pub domain: String,
+    pub vip_domain: String,
     pub ttl: u32,
     pub label_spec: LabelSpec,
     pub ip_sources: Vec<IpSource>,

@@ -68,6 +68,7 @@ fn setup(golden: &Value, label_spec: LabelSpec, health_aware: bool) -> (Projecti
         soa_mname: inputs["soa_mname"].as_str().expect("soa_mname").into(),
         dns_ips: vec![inputs["listener"].as_str().expect("listener").parse().expect("listener IP")],
         health_aware,
+        ..DnsConfig::default()
     });
     let masters: Vec<SocketAddr> = inputs["masters"]
         .as_array()

@@ -371,7 +371,7 @@ fn the_server_name_and_the_snapshot_serial() {
     assert_eq!(h.a("ns1.mesos."), set(&["127.0.0.1"]));
     assert_eq!(h.values("ns1.mesos.", RecordType::Aaaa), set(&["::1"]));
     assert_eq!(h.projection.ns_name(), Name::new("ns1.mesos"));
-    assert_eq!(h.projection.zones(), vec![Name::new("mesos")]);
+    assert_eq!(h.projection.zones(), vec![Name::new("mesos"), Name::new("l4lb.thisdcos.directory")]);
     assert_eq!(h.a("web.marathon.mesos."), set(&["198.19.255.10"]));
     // A later snapshot replaces everything; only the difference is handed out.
     let mut later = h.state.clone();
@@ -488,4 +488,22 @@ proptest! {
         }
         h.check_batch();
     }
+}
+
+#[test]
+fn named_vips_resolve_in_their_zone_and_go_when_released() {
+    let mut h = Harness::new(DnsConfig::default());
+    let vip = atoll_proto::model::VipAssignment {
+        framework: "marathon".into(),
+        name: "shop/web".into(),
+        address: "198.19.0.7".parse().unwrap(),
+    };
+    h.event(EventKind::VipAssigned { vip: vip.clone() });
+    assert_eq!(h.a("shopweb.marathon.l4lb.thisdcos.directory."), set(&["198.19.0.7"]));
+    assert_eq!(h.a("shopweb.l4lb.thisdcos.directory."), set(&["198.19.0.7"]));
+    // A snapshot carries them too.
+    let changes = h.projection.reset(&h.state.clone());
+    assert!(changes.is_empty(), "nothing changed: {changes:?}");
+    h.event(EventKind::VipReleased { vip });
+    assert!(h.a("shopweb.marathon.l4lb.thisdcos.directory.").is_empty());
 }

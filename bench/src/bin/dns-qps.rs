@@ -109,6 +109,7 @@ async fn run(args: Args, workers: usize) -> anyhow::Result<()> {
         soa_mname: options.soa_mname.clone(),
         dns_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         health_aware: options.health_aware,
+        vip_domain: options.vip_domain.clone(),
     });
     let mut changes = projection.set_masters(Masters {
         leader: Some(SocketAddr::from(([198, 19, 255, 250], 5050))),

@@ -73,6 +73,8 @@ pub struct DnsConfig {
     /// Publish only RUNNING tasks that are healthy or have no health check; `false` publishes
     /// every RUNNING task, as Mesos-DNS does.
     pub health_aware: bool,
+    /// The zone of named VIPs (DC/OS's `l4lb.thisdcos.directory`), without a trailing dot.
+    pub vip_domain: String,
 }
 
 impl Default for DnsConfig {
@@ -84,9 +86,13 @@ impl Default for DnsConfig {
             soa_mname: "ns1".into(),
             dns_ips: Vec::new(),
             health_aware: true,
+            vip_domain: DEFAULT_VIP_DOMAIN.into(),
         }
     }
 }
+
+/// DC/OS's zone of named VIPs.
+pub const DEFAULT_VIP_DOMAIN: &str = "l4lb.thisdcos.directory";
 
 impl DnsConfig {
     /// The DNS server's own fully qualified name (see [`DnsConfig::soa_mname`]).
@@ -120,7 +126,8 @@ enum Producer {
     Agent(String),
     Framework(String),
     Task(TaskKey),
-    // Vip(VipKey): the VIP names of the second zone, when VIP events exist.
+    /// A named VIP (framework, name) in the VIP zone.
+    Vip(String, String),
 }
 
 /// Records touched during one call, with whether each was served before it.
@@ -133,6 +140,8 @@ pub struct Projection {
     masters: Masters,
     model: Model,
     contributions: BTreeMap<Producer, Vec<Record>>,
+    /// Named VIPs and their addresses (framework, name).
+    vips: BTreeMap<(String, String), IpAddr>,
     /// How many producers produce each served record.
     counts: HashMap<Record, u32>,
     records: RecordSet,
@@ -149,6 +158,7 @@ impl Projection {
             masters: Masters::default(),
             model: Model::new(),
             contributions: BTreeMap::new(),
+            vips: BTreeMap::new(),
             counts: HashMap::new(),
             records: RecordSet::new(),
             serial: 0,
@@ -167,7 +177,43 @@ impl Projection {
     /// The zones the records are in (the server is authoritative for these and forwards the
     /// rest). VIPs will add `l4lb.thisdcos.directory.`.
     pub fn zones(&self) -> Vec<Name> {
-        vec![Name::new(&self.config.domain)]
+        vec![Name::new(&self.config.domain), Name::new(&self.config.vip_domain)]
+    }
+
+    /// `<vip>.<framework>.<vip domain>` and `<vip>.<vip domain>` → the VIP's address, as DC/OS
+    /// names them: `/abc:80` on `marathon` is `abc.marathon.l4lb.thisdcos.directory`; slashes
+    /// of nested names are dropped (`/shop/web` → `shopweb`).
+    fn vip_records(&self, framework: &str, name: &str, address: IpAddr) -> Vec<Record> {
+        let spec = self.config.label_spec;
+        let label = spec.label(&name.replace('/', ""));
+        let framework = spec.domain_frag(framework);
+        if label.is_empty() || framework.is_empty() {
+            return Vec::new();
+        }
+        let data = match address {
+            IpAddr::V4(v4) => RecordData::A(v4),
+            IpAddr::V6(v6) => RecordData::Aaaa(v6),
+        };
+        let zone = &self.config.vip_domain;
+        [format!("{label}.{framework}.{zone}"), format!("{label}.{zone}")]
+            .into_iter()
+            .map(|n| Record { name: Name::new(&n), data: data.clone() })
+            .collect()
+    }
+
+    fn put_vip(&mut self, framework: &str, name: &str, address: Option<IpAddr>, touched: &mut Touched) {
+        let key = (framework.to_owned(), name.to_owned());
+        let records = match address {
+            Some(address) => {
+                self.vips.insert(key, address);
+                self.vip_records(framework, name, address)
+            }
+            None => {
+                self.vips.remove(&key);
+                Vec::new()
+            }
+        };
+        self.update(Producer::Vip(framework.to_owned(), name.to_owned()), records, touched);
     }
 
     /// The DNS server's own name: SOA MNAME and NS target.
@@ -195,6 +241,7 @@ impl Projection {
     /// Atoll input: the master's snapshot. Returns the changes from the previous records.
     pub fn reset(&mut self, state: &ClusterState) -> Vec<Change> {
         self.serial = serial_of(state.index);
+        self.vips = state.vips.iter().map(|v| ((v.framework.clone(), v.name.clone()), v.address)).collect();
         self.rebuild(Model::from_cluster_state(state))
     }
 
@@ -225,9 +272,9 @@ impl Projection {
             | EventKind::DeploymentFinished { .. }
             | EventKind::PoolAdded { .. }
             | EventKind::PoolUpdated { .. }
-            | EventKind::PoolRemoved { .. }
-            | EventKind::VipAssigned { .. }
-            | EventKind::VipReleased { .. } => {}
+            | EventKind::PoolRemoved { .. } => {}
+            EventKind::VipAssigned { vip } => self.put_vip(&vip.framework, &vip.name, Some(vip.address), &mut touched),
+            EventKind::VipReleased { vip } => self.put_vip(&vip.framework, &vip.name, None, &mut touched),
         }
         self.finish(touched)
     }
@@ -387,6 +434,9 @@ impl Projection {
         }
         for key in self.model.tasks.keys() {
             fresh.insert(Producer::Task(key.clone()), self.task_records(key));
+        }
+        for ((framework, name), address) in &self.vips {
+            fresh.insert(Producer::Vip(framework.clone(), name.clone()), self.vip_records(framework, name, *address));
         }
         let gone: Vec<Producer> = self.contributions.keys().filter(|p| !fresh.contains_key(p)).cloned().collect();
         for producer in gone {
