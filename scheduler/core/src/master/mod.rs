@@ -9,6 +9,7 @@
 
 mod ipam;
 mod types;
+mod vips;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -85,6 +86,7 @@ pub struct Master {
     ipam: atoll_ipam::Pools,
     /// Named VIPs and their addresses (see `vips.rs`).
     vips: BTreeMap<(String, String), VipAssignment>,
+    vip_allocator: atoll_lb_core::vips::VipAllocator,
     removed_frameworks: BTreeSet<FrameworkId>,
     /// Kills asked for while the task's agent was away, sent when it re-registers.
     pending_kills: BTreeMap<TaskKey, Option<f64>>,
@@ -123,6 +125,7 @@ impl Master {
             apps: registry.apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             deployments: registry.deployments.into_iter().map(|d| (d.id.clone(), d)).collect(),
             ipam: registry.pools.unwrap_or_default(),
+            vip_allocator: Master::vip_allocator(&registry.vips).0,
             vips: registry.vips.into_iter().map(|v| ((v.framework.clone(), v.name.clone()), v)).collect(),
             removed_frameworks: BTreeSet::new(),
             pending_kills: BTreeMap::new(),
@@ -179,6 +182,11 @@ impl Master {
             .collect();
         for id in recovered {
             master.set_agent_state(&id, AgentState::Recovered, now);
+        }
+        // Tasks from before an assignment existed (or a lost one) get theirs now.
+        let live: Vec<Task> = master.tasks.values().filter(|t| !t.state.is_terminal()).cloned().collect();
+        for task in &live {
+            master.assign_vips_for(task, now);
         }
         let connected: Vec<FrameworkId> =
             master.frameworks.iter().filter(|(_, f)| f.view.connected).map(|(id, _)| id.clone()).collect();
@@ -548,6 +556,7 @@ impl Master {
             entry.tasks.insert(key.clone());
         }
         self.tasks.insert(key, task.clone());
+        self.assign_vips_for(&task, now);
         let kind = if existed { EventKind::TaskUpdated { task } } else { EventKind::TaskAdded { task } };
         self.emit(now, kind);
     }
@@ -881,6 +890,7 @@ impl Master {
             if let Some(entry) = self.agents.get_mut(&agent_id) {
                 entry.tasks.insert(key.clone());
             }
+            self.assign_vips_for(&added, now);
             self.emit(now, EventKind::TaskAdded { task: added });
             match agent_conn {
                 Some(agent_conn) => self.outbox.push(Output::ToAgent {

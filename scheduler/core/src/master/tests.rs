@@ -974,3 +974,67 @@ fn a_pool_with_live_task_addresses_cannot_be_removed_and_gone_agents_give_subnet
     c.drain();
     assert!(c.events.iter().any(|e| matches!(&e.kind, EventKind::PoolRemoved { name } if name == "atoll")));
 }
+
+// ----- VIPs ------------------------------------------------------------------------------
+
+fn with_vip(mut info: TaskInfo, label: &str) -> TaskInfo {
+    let mut labels = Labels::default();
+    labels.insert("VIP_0", label);
+    info.discovery = Some(atoll_proto::model::DiscoveryInfo {
+        visibility: "FRAMEWORK".into(),
+        name: info.name.clone(),
+        ports: vec![atoll_proto::model::DiscoveryPort {
+            number: 31000,
+            name: "http".into(),
+            protocol: "tcp".into(),
+            labels,
+        }],
+        labels: Labels::default(),
+    });
+    info
+}
+
+#[test]
+fn named_vips_get_one_stable_address_per_name() {
+    let mut c = Cluster::new(false);
+    let offers = c.offers(t(1.0));
+    let fw = c.framework.clone();
+    let tasks = vec![
+        with_vip(task_info("a", &c.agent, "cpus:1"), "/web:80"),
+        with_vip(task_info("b", &c.agent, "cpus:1"), "/web:80"),
+        with_vip(task_info("c", &c.agent, "cpus:1"), "/db:5432"),
+    ];
+    let call = SchedulerCall::Accept { offer_ids: offers.iter().map(|o| o.id.clone()).collect(), launches: tasks, refuse: None };
+    c.master.framework_call(FW_CONN, &fw, call, t(1.0)).unwrap();
+    c.drain();
+    let assigned: Vec<&VipAssignment> = c
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::VipAssigned { vip } => Some(vip),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(assigned.len(), 2, "one per name: {assigned:?}");
+    assert_eq!(assigned[0].name, "web");
+    assert_eq!(assigned[0].framework, "fw");
+    assert!(assigned.iter().all(|v| v.address.to_string().starts_with("198.19.")));
+    assert_ne!(assigned[0].address, assigned[1].address);
+
+    // A restarted master keeps them.
+    let state = c.master.state();
+    let registry = Recovered {
+        last_index: state.index,
+        agents: state.agents.clone(),
+        frameworks: state.frameworks.clone(),
+        tasks: state.tasks.clone(),
+        vips: state.vips.clone(),
+        ..Recovered::default()
+    };
+    let mut master = Master::recover(MasterConfig::default(), "run2", registry, t(10.0));
+    assert!(
+        !master.take_outputs().iter().any(|o| matches!(o, Output::Event(Event { kind: EventKind::VipAssigned { .. }, .. }))),
+        "nothing new to assign"
+    );
+    assert_eq!(master.state().vips.len(), 2);
+}
