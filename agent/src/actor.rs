@@ -34,6 +34,7 @@ use crate::executor::{LaunchSpec, read_exit_record};
 use crate::health::{self, HealthState, Probe, ProbeResult, Schedule, Verdict};
 use crate::launch::{EnvContext, task_argv, task_env, task_limits};
 use crate::metrics::{Metrics, label};
+use crate::net::masquerade::{Masquerade, MasqueradeView};
 use crate::net::store::LeaseStore;
 use crate::net::worker::{NetOp, NetReply, Removed};
 use crate::net::{self, RESOLV_CONF, TaskNetwork, proxy, routes};
@@ -138,6 +139,7 @@ pub(crate) struct NetworksView {
     pub subnets: Vec<Subnet>,
     pub reserved: Vec<IpAddr>,
     pub leases: Vec<atoll_ipam::Lease>,
+    pub masquerade: MasqueradeView,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -242,12 +244,14 @@ pub(crate) struct NetState {
     forwarders: HashMap<RunId, Vec<AbortHandle>>,
     /// The agent has had subnets (the bridge may exist).
     used: bool,
+    masquerade: Arc<Masquerade>,
 }
 
 /// The channels [`Agent::recover`] needs for container networking.
 pub(crate) struct NetChannels {
     pub ops: Option<mpsc::UnboundedSender<NetOp>>,
     pub me: watch::Sender<Option<routes::Me>>,
+    pub masquerade: Arc<Masquerade>,
 }
 
 pub(crate) struct Agent {
@@ -296,6 +300,7 @@ impl Agent {
             ops: net_channels.ops,
             me: net_channels.me,
             forwarders: HashMap::new(),
+            masquerade: net_channels.masquerade,
         };
         let mut agent = Agent {
             options,
@@ -1798,6 +1803,7 @@ impl Agent {
                 subnets: self.net.leases.subnets().cloned().collect(),
                 reserved: self.net.leases.reserved().copied().collect(),
                 leases: self.net.leases.leases().cloned().collect(),
+                masquerade: self.net.masquerade.view(),
             },
             tasks: self
                 .tasks

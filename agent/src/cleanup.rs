@@ -1,7 +1,8 @@
 //! `atoll agent --cleanup`: kill every task the data dir knows (through its cgroup, or its
 //! process group without cgroups, and its executor), remove the agent's cgroups, its container
-//! networks (task namespaces, veths, the bridge, Atoll's routes — in the network namespace this
-//! runs in) and everything the agent created under the data dir — without talking to the master.
+//! networks (task namespaces, veths, the bridge, Atoll's routes, the masquerade table — in the
+//! network namespace this runs in) and everything the agent created under the data dir — without
+//! talking to the master.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -12,6 +13,7 @@ use rustix::process::Signal;
 
 use crate::cgroups::CgroupLayout;
 use crate::checkpoint::{self, Layout};
+use crate::net::masquerade::{self, NftTable};
 use crate::net::store::LeaseStore;
 use crate::net::worker::{Removed, remove_all_blocking};
 use crate::settings::AgentOptions;
@@ -96,7 +98,8 @@ pub fn cleanup(options: &AgentOptions) -> Result<CleanupReport, AgentError> {
     // host-network agent never touches the bridge or routes.
     let store = LeaseStore::new(layout.data_dir());
     if store.path().exists() || scan.runs.iter().any(|r| r.network.is_some()) {
-        match remove_all_blocking(&options.bridge, &crate::net::netns_prefix(layout.data_dir())) {
+        let table = NftTable { name: masquerade::table_name(layout.data_dir()), nft: options.nft.clone() };
+        match remove_all_blocking(&options.bridge, &crate::net::netns_prefix(layout.data_dir()), &table) {
             Ok(removed) => report.network = Some(removed),
             Err(e) => tracing::warn!("removing container networks: {e}"),
         }

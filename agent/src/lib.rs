@@ -120,21 +120,30 @@ pub async fn run(options: AgentOptions, stop: impl Future<Output = StopMode>) ->
     let options = Arc::new(options);
     let networking = options.container_networking_enabled();
     let (me, me_rx) = tokio::sync::watch::channel(None);
+    if options.masquerade && !networking {
+        tracing::warn!("--masquerade has no effect: container networking is disabled");
+    }
+    let masquerade = Arc::new(net::masquerade::Masquerade::new(
+        options.masquerade && networking,
+        net::masquerade::NftTable { name: net::masquerade::table_name(layout.data_dir()), nft: options.nft.clone() },
+        options.bridge.clone(),
+    ));
     let (ops, worker, follower) = if networking {
         let (ops, ops_rx) = mpsc::unbounded_channel();
         let worker = net::worker::Worker {
             bridge: options.bridge.clone(),
             prefix: net::netns_prefix(layout.data_dir()),
             actor: tx.clone(),
+            masquerade: masquerade.clone(),
         };
         let worker = tokio::spawn(worker.run(ops_rx));
-        let follower = tokio::spawn(net::routes::follow(options.master.clone(), me_rx));
+        let follower = tokio::spawn(net::routes::follow(options.master.clone(), me_rx, masquerade.clone()));
         (Some(ops), Some(worker), Some(follower))
     } else {
         tracing::info!("container networking disabled: tasks that ask for a network fail");
         (None, None, None)
     };
-    let net_channels = actor::NetChannels { ops, me };
+    let net_channels = actor::NetChannels { ops, me, masquerade };
     let agent =
         actor::Agent::recover(options.clone(), layout, cgroups, address, metrics.clone(), tx.clone(), net_channels)?;
 

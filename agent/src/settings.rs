@@ -97,6 +97,13 @@ pub struct AgentSettings {
     /// Name of the agent's bridge for container tasks [default: atoll0]
     #[arg(long)]
     pub bridge: Option<String>,
+    /// Egress for container tasks: what leaves the agent's subnets through any interface but the
+    /// bridge, for anywhere but another container subnet, is masqueraded behind the host's
+    /// address, by an nftables table of the agent's own (`atoll_<agent tag>`, in the network
+    /// namespace the agent runs in; needs `nft`, Debian package nftables). Only with container
+    /// networking. `--masquerade` alone turns it on [default: off]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub masquerade: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -133,6 +140,10 @@ pub struct AgentOptions {
     pub container_networking: Option<bool>,
     /// The bridge container tasks are attached to.
     pub bridge: String,
+    /// Masquerade container egress (meaningful with container networking only).
+    pub masquerade: bool,
+    /// The `nft` program that manages the masquerade table (not a setting; `nft` from `PATH`).
+    pub nft: PathBuf,
 }
 
 impl AgentOptions {
@@ -179,6 +190,7 @@ impl AgentSettings {
             executor,
             container_networking,
             bridge,
+            masquerade,
         )
     }
 
@@ -253,6 +265,8 @@ impl AgentSettings {
             cgroups: true,
             container_networking: self.container_networking,
             bridge,
+            masquerade: self.masquerade.unwrap_or(false),
+            nft: PathBuf::from(crate::net::masquerade::DEFAULT_NFT),
         })
     }
 }
@@ -516,6 +530,36 @@ mod tests {
         assert!(!off.container_networking_enabled());
         let err = AgentSettings { bridge: Some("far-too-long-bridge".into()), ..base }.resolve().expect_err("bad");
         assert!(err.to_string().starts_with("bridge: "), "{err}");
+    }
+
+    #[test]
+    fn masquerade_is_off_unless_asked_for() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: AgentSettings,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+                .map(|c| c.settings.masquerade)
+        };
+        assert_eq!(parse(&[]).expect("parse"), None);
+        assert_eq!(parse(&["--masquerade"]).expect("parse"), Some(true));
+        assert_eq!(parse(&["--masquerade=false"]).expect("parse"), Some(false));
+        let file: AgentSettings = toml::from_str("masquerade = true\n").expect("toml");
+        assert_eq!(file.masquerade, Some(true));
+        assert_eq!(AgentSettings { masquerade: Some(false), ..Default::default() }.over(file).masquerade, Some(false));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = AgentSettings {
+            data_dir: Some(dir.path().join("agent")),
+            resources: Some("cpus:1;mem:128;disk:100".into()),
+            ..Default::default()
+        };
+        let o = base.clone().resolve().expect("resolve");
+        assert!(!o.masquerade);
+        assert_eq!(o.nft, PathBuf::from("nft"));
+        assert!(AgentSettings { masquerade: Some(true), ..base }.resolve().expect("resolve").masquerade);
     }
 
     #[test]

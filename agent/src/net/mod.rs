@@ -20,6 +20,9 @@
 //! - [`proxy`]: host port → task port forwarders.
 //! - [`routes`]: the pure projection "cluster agents → routes this host needs", its diff against
 //!   what the kernel has, and the thin follower of the event stream that applies it.
+//! - [`masquerade`]: opt-in egress (`--masquerade`, off by default): an nftables table of the
+//!   agent's own that masquerades what leaves its subnets for anywhere but a container subnet,
+//!   kept in step with the subnets by the route follower.
 //!
 //! # Lifecycle of a task's network
 //!
@@ -41,19 +44,21 @@
 //! A `host_port → container_port` mapping is served by the agent itself: a TCP listener (or UDP
 //! socket) on the host port that relays to `task_ip:container_port`, like `docker-proxy`. It
 //! works for clients on the host's loopback too (kernel DNAT does not without `route_localnet`),
-//! needs neither iptables nor nftables (the agent programs the kernel through rtnetlink only) and
-//! leaves nothing behind in the kernel when the agent dies. The price is a copy through the agent
-//! per byte and the client's address being hidden from the task; the L4 load balancer is the
-//! fast path for serious traffic. Forwarders are started with the task (a port that cannot be
-//! bound fails the launch) and re-created by a restarted agent for the tasks it re-attaches.
+//! needs neither iptables nor nftables (the agent programs the kernel through rtnetlink only; the
+//! one exception is the opt-in masquerade table, [`masquerade`]) and leaves nothing behind in the
+//! kernel when the agent dies. The price is a copy through the agent per byte and the client's
+//! address being hidden from the task; the L4 load balancer is the fast path for serious traffic.
+//! Forwarders are started with the task (a port that cannot be bound fails the launch) and
+//! re-created by a restarted agent for the tasks it re-attaches.
 //!
 //! # Where it runs
 //!
 //! Everything acts on the network namespace the agent runs in: the bridge, IPv4 forwarding
 //! (`/proc/sys/net/ipv4/ip_forward`, written only once a subnet is assigned and networking is
-//! enabled) and the routes. Tests therefore run each agent inside a network namespace of their
+//! enabled), the routes and the masquerade table. Tests therefore run each agent inside a network namespace of their
 //! own.
 
+pub mod masquerade;
 pub mod netlink;
 pub mod netns;
 pub mod proxy;

@@ -5,10 +5,12 @@
 //! it into the routes this host needs and [`diff`] into what to add and remove. The thin shell,
 //! [`follow`], subscribes to `atoll.v1.operator.Operator/Subscribe`, keeps the projection and
 //! applies the difference to the kernel through rtnetlink, marking its routes with
-//! [`super::ROUTE_PROTOCOL`] so that it only ever removes its own.
+//! [`super::ROUTE_PROTOCOL`] so that it only ever removes its own, and keeps the masquerade table
+//! ([`super::masquerade`]) in step with the cluster's container subnets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_ipam::IpNetwork;
@@ -16,6 +18,7 @@ use atoll_proto::model::{Agent, ClusterState, Event, EventKind, StreamMessage};
 use atoll_proto::pb::v1::operator as opb;
 use tokio::sync::watch;
 
+use super::masquerade::Masquerade;
 use super::netlink::Netlink;
 
 /// One route: packets for `dest` go to the host `via`.
@@ -70,6 +73,12 @@ impl Peers {
 
     pub fn insert(&mut self, id: &str, peer: Peer) {
         self.agents.insert(id.to_owned(), peer);
+    }
+
+    /// Every container subnet of the cluster (any agent's, routed or not), sorted.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        let all: BTreeSet<IpNetwork> = self.agents.values().flat_map(|p| p.subnets.iter().copied()).collect();
+        all.into_iter().collect()
     }
 }
 
@@ -162,8 +171,11 @@ pub async fn remove_all(netlink: &Netlink) -> usize {
 const RESYNC: Duration = Duration::from_secs(30);
 
 /// Follows the master's event stream forever and keeps this namespace's routes to the other
-/// agents' subnets. Waits until `me` is `Some` (container networking is active on this agent).
-pub(crate) async fn follow(master: String, mut me: watch::Receiver<Option<Me>>) {
+/// agents' subnets, and the masquerade table in step with them (every container subnet of the
+/// cluster keeps its source). Waits until `me` is `Some` (container networking is active on this
+/// agent).
+pub(crate) async fn follow(master: String, mut me: watch::Receiver<Option<Me>>, masquerade: Arc<Masquerade>) {
+    masquerade.start().await;
     let mut retry = Duration::from_millis(200);
     loop {
         if me.wait_for(Option::is_some).await.is_err() {
@@ -231,8 +243,17 @@ pub(crate) async fn follow(master: String, mut me: watch::Receiver<Option<Me>>) 
                 _ = ticker.tick() => changed = true,
             }
             let current_me = me.borrow().clone();
-            if changed && let (Some(peers), Some(current_me)) = (&peers, current_me) {
-                sync_kernel(&netlink, &desired_routes(&current_me, peers)).await;
+            if !changed {
+                continue;
+            }
+            match (&peers, current_me) {
+                (Some(peers), Some(current_me)) => {
+                    sync_kernel(&netlink, &desired_routes(&current_me, peers)).await;
+                    masquerade.sync(&current_me.subnets, &peers.subnets()).await;
+                }
+                // No subnets any more: nothing to masquerade.
+                (_, None) => masquerade.sync(&[], &[]).await,
+                (None, Some(_)) => {}
             }
         }
         tokio::time::sleep(retry).await;

@@ -4,10 +4,12 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use atoll_ipam::IpNetwork;
 use tokio::sync::{mpsc, oneshot};
 
+use super::masquerade::{Masquerade, NftTable};
 use super::netlink::Netlink;
 use super::{TaskNetwork, netns, routes};
 use crate::actor::Msg;
@@ -30,7 +32,8 @@ pub(crate) enum NetOp {
     Reconcile {
         live: Vec<TaskNetwork>,
     },
-    /// Removes the task veths, the bridge, this agent's namespaces and Atoll's routes.
+    /// Removes the task veths, the bridge, this agent's namespaces, Atoll's routes and the
+    /// masquerade table (which is not installed again by this agent).
     RemoveAll {
         reply: oneshot::Sender<Removed>,
     },
@@ -49,6 +52,8 @@ pub struct Removed {
     pub netns: usize,
     pub bridge: bool,
     pub routes: usize,
+    /// The masquerade table was there (in any family).
+    pub masquerade: bool,
 }
 
 pub(crate) struct Worker {
@@ -56,6 +61,7 @@ pub(crate) struct Worker {
     /// This agent's namespace name prefix.
     pub prefix: String,
     pub actor: mpsc::UnboundedSender<Msg>,
+    pub masquerade: Arc<Masquerade>,
 }
 
 impl Worker {
@@ -91,7 +97,9 @@ impl Worker {
                     let _ = self.actor.send(Msg::Net(NetReply::Reconciled { removed_veths, removed_netns }));
                 }
                 NetOp::RemoveAll { reply } => {
-                    let _ = reply.send(remove_all(nl, &self.bridge, &self.prefix).await);
+                    let mut removed = remove_all(nl, &self.bridge, &self.prefix).await;
+                    removed.masquerade = !self.masquerade.close().await.is_empty();
+                    let _ = reply.send(removed);
                 }
             }
         }
@@ -103,7 +111,12 @@ impl Worker {
             NetOp::Teardown { run, net, sandbox } => NetReply::TornDown { run, net, sandbox, result: Err(message) },
             NetOp::Reconcile { .. } => NetReply::Reconciled { removed_veths: 0, removed_netns: 0 },
             NetOp::RemoveAll { reply } => {
-                let _ = reply.send(Removed::default());
+                // The table goes through `nft`, which needs no netlink connection here.
+                let masquerade = self.masquerade.clone();
+                tokio::spawn(async move {
+                    let removed = Removed { masquerade: !masquerade.close().await.is_empty(), ..Removed::default() };
+                    let _ = reply.send(removed);
+                });
                 return;
             }
             NetOp::Bridge { .. } => return,
@@ -207,12 +220,19 @@ pub(crate) async fn remove_all(nl: &Netlink, bridge: &str, prefix: &str) -> Remo
         }
     };
     let routes = routes::remove_all(nl).await;
-    Removed { veths, netns, bridge, routes }
+    Removed { veths, netns, bridge, routes, masquerade: false }
 }
 
-/// [`remove_all`] from synchronous code (`atoll agent --cleanup`), in the calling thread's
-/// network namespace.
-pub fn remove_all_blocking(bridge: &str, prefix: &str) -> Result<Removed, String> {
+/// [`remove_all`] and the masquerade table's removal from synchronous code (`atoll agent
+/// --cleanup`), in the calling thread's network namespace.
+pub fn remove_all_blocking(bridge: &str, prefix: &str, table: &NftTable) -> Result<Removed, String> {
+    let masquerade = match table.remove_blocking() {
+        Ok(families) => !families.is_empty(),
+        Err(e) => {
+            tracing::warn!(table = %table.name, "cannot remove the masquerade table: {e}");
+            false
+        }
+    };
     let (bridge, prefix) = (bridge.to_owned(), prefix.to_owned());
     // A thread of its own: the caller may be inside a runtime already. It inherits the caller's
     // network namespace.
@@ -220,7 +240,7 @@ pub fn remove_all_blocking(bridge: &str, prefix: &str) -> Result<Removed, String
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
             let nl = Netlink::connect().map_err(|e| e.to_string())?;
-            Ok(remove_all(&nl, &bridge, &prefix).await)
+            Ok(Removed { masquerade, ..remove_all(&nl, &bridge, &prefix).await })
         })
     })
     .join()

@@ -6,6 +6,7 @@
 //! (`harness = false`): `cargo test -p atoll-agent --test agent -- [FILTER…] [--list]`.
 
 mod health;
+mod masquerade;
 mod netns;
 mod network;
 mod support;
@@ -39,6 +40,7 @@ fn main() {
         .iter()
         .chain(health::ALL)
         .chain(network::ALL)
+        .chain(masquerade::ALL)
         .filter(|(name, _)| {
             filters.is_empty() || filters.iter().any(|f| if exact { name == f } else { name.contains(f) })
         })
