@@ -8,6 +8,7 @@ mod dns;
 mod ipam;
 mod operator;
 mod table;
+mod vips;
 
 use std::process::ExitCode;
 
@@ -61,6 +62,9 @@ enum Command {
     /// IP pools and task addresses (container networking)
     #[command(subcommand)]
     Ipam(ipam::IpamCommand),
+    /// Named VIPs (layer-4 load balancing) and their backends
+    #[command(subcommand)]
+    Vip(vips::VipCommand),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
             Command::App(command) => apps::app(&ctx, command).await,
             Command::Deployment(command) => apps::deployment(&ctx, command).await,
             Command::Ipam(command) => ipam::ipam(&ctx, command).await,
+            Command::Vip(command) => vips::vip(&ctx, command).await,
         }
     });
     match result {

@@ -109,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/ipam/pools/{name}", get(show_pool).put(update_pool).delete(remove_pool))
         .route("/v1/ipam/pools/{name}/reserve", post(reserve_address))
         .route("/v1/ipam/leases", get(list_leases))
+        .route("/v1/vips", get(list_vips))
         .with_state(state)
 }
 
@@ -314,4 +315,71 @@ async fn list_leases(
         .filter(|l| query.get("task").is_none_or(|t| l.task_id.as_str() == t))
         .collect();
     Ok(json(&leases))
+}
+
+/// One VIP service as `/v1/vips` shows it.
+#[derive(Serialize)]
+struct VipView {
+    /// `web.marathon` for a named VIP (`/web:80` on framework marathon), `ip:port` for a fixed one.
+    name: String,
+    framework: Option<String>,
+    address: std::net::Ipv4Addr,
+    port: u16,
+    protocol: String,
+    backends: Vec<VipBackendView>,
+    healthy: usize,
+    draining: usize,
+}
+
+#[derive(Serialize)]
+struct VipBackendView {
+    address: std::net::Ipv4Addr,
+    port: u16,
+    weight: u32,
+    task_id: String,
+}
+
+/// The VIP services as every node's load balancer derives them from the cluster state.
+async fn list_vips(State(state): State<ApiState>) -> ApiResult<Response> {
+    use atoll_lb_core::vips::{VipName, VipProjection};
+    let cluster = state.master.state().await?;
+    let assignments: std::collections::BTreeMap<VipName, std::net::Ipv4Addr> = cluster
+        .vips
+        .iter()
+        .filter_map(|v| match v.address {
+            std::net::IpAddr::V4(address) => Some((VipName::new(&v.framework, &v.name), address)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut projection = VipProjection::new();
+    projection.reset(&cluster, &assignments);
+    let views: Vec<VipView> = projection
+        .services()
+        .map(|service| {
+            let (address, port, proto) = service.parts();
+            let named = service.names.first();
+            VipView {
+                name: named
+                    .map(|n| format!("{}.{}", n.name, n.framework))
+                    .unwrap_or_else(|| format!("{address}:{port}")),
+                framework: named.map(|n| n.framework.clone()),
+                address,
+                port,
+                protocol: atoll_lb_core::protocol_name(proto),
+                backends: service
+                    .backends
+                    .iter()
+                    .map(|b| VipBackendView {
+                        address: b.address,
+                        port: b.port,
+                        weight: b.weight,
+                        task_id: b.task.clone(),
+                    })
+                    .collect(),
+                healthy: service.active_backends(),
+                draining: service.draining_backends(),
+            }
+        })
+        .collect();
+    Ok(json(&views))
 }
