@@ -30,6 +30,8 @@ use std::net::Ipv4Addr;
 
 use crate::maglev::{self, MaglevBackend, MaglevError, MaglevSize};
 use crate::vips::Service;
+use serde::{Deserialize, Serialize};
+
 use crate::{Backend, DisplayKey, OrdKey, ServiceKey, ServiceValue, backend_value, key_parts, service_key};
 
 /// `ServiceValue::table` of a service with no active backend (its `count` is 0). Never a valid
@@ -80,7 +82,7 @@ pub enum PlanError {
 }
 
 /// A backend's identity: the kernel's id is per address, port and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct BackendAddr {
     address: Ipv4Addr,
     port: u16,
@@ -90,31 +92,32 @@ struct BackendAddr {
 /// A table's identity: its active backends with their weights, sorted.
 type TableKey = Vec<(BackendAddr, u32)>;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct BackendEntry {
     id: u32,
     /// Services using it (draining or not).
     refs: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct TableEntry {
     index: u32,
     refs: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Installed {
     /// Every backend with its weight, sorted.
     backends: Vec<(BackendAddr, u32)>,
     table: Option<TableKey>,
+    #[serde(with = "service_value")]
     value: ServiceValue,
 }
 
 /// Ids handed out fresh first, then freed ones oldest first: a freed id (or table index) is
 /// reused as late as possible, which keeps a kernel program that read the old value just
 /// before the switch from finding someone else's data there.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct IdPool {
     next: u64,
     /// One past the last id.
@@ -141,18 +144,62 @@ impl IdPool {
     }
 }
 
-/// The kernel maps' intended contents, and the operations that get them there.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The kernel maps' intended contents, and the operations that get them there. It is
+/// serializable so a restarted control plane continues with the ids and table indexes the
+/// (pinned, still serving) maps hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataplanePlan {
     size: MaglevSize,
     max_tables: u32,
     max_backends: u32,
+    #[serde(with = "pairs")]
     backends: BTreeMap<BackendAddr, BackendEntry>,
     backend_ids: IdPool,
+    #[serde(with = "pairs")]
     tables: BTreeMap<TableKey, TableEntry>,
     table_ids: IdPool,
+    #[serde(with = "pairs")]
     services: BTreeMap<OrdKey, Installed>,
     rev_nat_ids: IdPool,
+}
+
+/// Maps whose keys are not strings, as a list of pairs (JSON objects need string keys).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+/// The kernel's `ServiceValue` (no serde in the no_std crate) as its four fields.
+mod service_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::ServiceValue;
+
+    pub fn serialize<S: Serializer>(value: &ServiceValue, serializer: S) -> Result<S::Ok, S::Error> {
+        (value.table, value.count, value.rev_nat, value.flags).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ServiceValue, D::Error> {
+        let (table, count, rev_nat, flags) = <(u32, u32, u32, u32)>::deserialize(deserializer)?;
+        Ok(ServiceValue { table, count, rev_nat, flags })
+    }
 }
 
 impl DataplanePlan {

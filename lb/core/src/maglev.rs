@@ -73,8 +73,23 @@ pub enum MaglevError {
 }
 
 /// A validated table size: a prime `2 ≤ M ≤` [`MAX_MAGLEV_SIZE`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct MaglevSize(u32);
+
+impl TryFrom<u32> for MaglevSize {
+    type Error = MaglevError;
+
+    fn try_from(size: u32) -> Result<MaglevSize, MaglevError> {
+        MaglevSize::new(size)
+    }
+}
+
+impl From<MaglevSize> for u32 {
+    fn from(size: MaglevSize) -> u32 {
+        size.0
+    }
+}
 
 impl MaglevSize {
     pub fn new(size: u32) -> Result<MaglevSize, MaglevError> {
