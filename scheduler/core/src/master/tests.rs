@@ -1004,7 +1004,11 @@ fn named_vips_get_one_stable_address_per_name() {
         with_vip(task_info("b", &c.agent, "cpus:1"), "/web:80"),
         with_vip(task_info("c", &c.agent, "cpus:1"), "/db:5432"),
     ];
-    let call = SchedulerCall::Accept { offer_ids: offers.iter().map(|o| o.id.clone()).collect(), launches: tasks, refuse: None };
+    let call = SchedulerCall::Accept {
+        offer_ids: offers.iter().map(|o| o.id.clone()).collect(),
+        launches: tasks,
+        refuse: None,
+    };
     c.master.framework_call(FW_CONN, &fw, call, t(1.0)).unwrap();
     c.drain();
     let assigned: Vec<&VipAssignment> = c
@@ -1033,7 +1037,10 @@ fn named_vips_get_one_stable_address_per_name() {
     };
     let mut master = Master::recover(MasterConfig::default(), "run2", registry, t(10.0));
     assert!(
-        !master.take_outputs().iter().any(|o| matches!(o, Output::Event(Event { kind: EventKind::VipAssigned { .. }, .. }))),
+        !master
+            .take_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event { kind: EventKind::VipAssigned { .. }, .. }))),
         "nothing new to assign"
     );
     assert_eq!(master.state().vips.len(), 2);
