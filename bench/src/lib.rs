@@ -86,6 +86,29 @@ pub fn machine() -> String {
     format!("{cores} cores, {model}")
 }
 
+/// Whether compilers are running next to the benchmark (other builds on a shared machine take
+/// CPU and, with their writes, slow every fsync) and the load average (tests count too), so a
+/// pasted result says if it was contended.
+pub fn other_builds() -> String {
+    let running = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc"))
+                .count()
+        })
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
+    match running {
+        0 => format!("none (no rustc process), 1-minute load average {load}"),
+        n => format!("{n} rustc process(es) running, 1-minute load average {load}: the numbers are contended"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
