@@ -1,4 +1,5 @@
-//! The daemons: `atoll master`, `atoll agent`, and `atoll up` (both in one process).
+//! The daemons: `atoll master`, `atoll agent`, and `atoll up` (master, agent, DNS and, as
+//! root, the load balancer in one process).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use atoll_agent::{AgentSettings, StopMode};
 use atoll_dns::settings::DnsSettings;
+use atoll_lb::LbSettings;
 use atoll_scheduler::config::{MasterSettings, default_data_root};
 use clap::Args;
 use serde::Deserialize;
@@ -55,7 +57,13 @@ pub struct UpArgs {
     /// Agent attributes, e.g. `rack:r1;zone:a`
     #[arg(long)]
     attributes: Option<String>,
-    /// TOML file with [master], [agent] and [dns] tables of daemon settings (flags win)
+    /// Load balancer HTTP API address (/metrics, /v1/services) [default: 127.0.0.1:8124]
+    #[arg(long)]
+    lb_http_listen: Option<SocketAddr>,
+    /// Do not run the layer-4 load balancer (it runs by default as root)
+    #[arg(long)]
+    no_lb: bool,
+    /// TOML file with [master], [agent], [dns] and [lb] tables of daemon settings (flags win)
     #[arg(long)]
     config: Option<PathBuf>,
     /// On stop, leave the tasks running (the next `atoll up` recovers them)
@@ -73,6 +81,8 @@ struct UpFile {
     agent: AgentSettings,
     #[serde(default)]
     dns: DnsSettings,
+    #[serde(default)]
+    lb: LbSettings,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -170,6 +180,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         ..DnsSettings::default()
     };
     let dns_options = dns_flags.over(file.dns).resolve()?;
+    let lb_flags = LbSettings {
+        http_listen: args.lb_http_listen,
+        data_dir: Some(data_dir.join("lb")),
+        master: Some(master_url.clone()),
+        ..LbSettings::default()
+    };
+    let lb_options = lb_flags.over(file.lb).resolve()?;
 
     let master = atoll_scheduler::server::start(master_options).await?;
     let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -183,6 +200,35 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     let dns_task = tokio::spawn(dns.serve(async move {
         let _ = dns_stopped.await;
     }));
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (stop_lb, lb_stopped) = tokio::sync::oneshot::channel::<()>();
+    let lb = if args.no_lb {
+        Err("--no-lb".to_owned())
+    } else if !root {
+        Err("the eBPF load balancer needs root; VIPs are assigned and named, not served".to_owned())
+    } else {
+        match atoll_lb::start(lb_options.clone()).await {
+            Ok(lb) => Ok(lb),
+            // The rest of the cluster is useful without VIPs: say why and go on.
+            Err(e) => Err(format!("{e:#}")),
+        }
+    };
+    let (lb_line, lb_task) = match lb {
+        Ok(lb) => {
+            let line = format!(
+                "  lb      VIPs {} served to every process (cgroup {}); http://{}",
+                lb_options.vip_pool,
+                lb_options.l4.cgroup.display(),
+                lb.http_addr().map_or_else(|| "-".to_owned(), |a| a.to_string())
+            );
+            let task = tokio::spawn(lb.serve(async move {
+                let _ = lb_stopped.await;
+            }));
+            (line, Some(task))
+        }
+        Err(why) => (format!("  lb      not running: {why}"), None),
+    };
 
     println!("atoll is up");
     println!("  master  {master_url}  (HTTP API, gRPC, event stream at /v1/events)");
@@ -193,6 +239,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     if let Some(http) = dns_http {
         println!("  dns api http://{http}");
     }
+    println!("{lb_line}");
     println!("  data    {}", data_dir.display());
     println!("try:  atoll run -- echo hello      atoll task list      atoll events");
     if let Some(addr) = dns_addrs.first() {
@@ -208,6 +255,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     .await;
     let _ = stop_dns.send(());
     let _ = stop_master.send(());
+    let _ = stop_lb.send(());
+    if let Some(task) = lb_task {
+        task.await.context("the load balancer task failed")??;
+        // Tasks kept running keep their VIPs; otherwise nothing of the cluster stays attached.
+        if !keep_tasks {
+            atoll_lb::cleanup(&lb_options).await?;
+        }
+    }
     let dns_result = dns_task.await.context("the DNS task failed")?;
     let master_result = master_task.await.context("the master task failed")?;
     agent_result?;

@@ -1,11 +1,12 @@
-//! `atoll`: the one binary — every daemon (`up`, `master`, `agent`, the per-task `executor`)
-//! and the operator commands (`run`, `node`, `task`, `events`, `app`, `deployment`).
+//! `atoll`: the one binary — every daemon (`up`, `master`, `agent`, `dns`, `lb`, the per-task `executor`)
+//! and the operator commands (`run`, `node`, `task`, `events`, `app`, `deployment`, `ipam`, `vip`).
 
 mod apps;
 mod client;
 mod daemons;
 mod dns;
 mod ipam;
+mod lb;
 mod operator;
 mod table;
 mod vips;
@@ -37,6 +38,8 @@ enum Command {
     Agent(daemons::AgentArgs),
     /// Run the DNS server (Mesos-DNS naming from the event stream), or query it
     Dns(dns::DnsArgs),
+    /// Run this node's layer-4 load balancer (eBPF; root): serves every VIP to every process
+    Lb(lb::LbArgs),
     /// The per-task supervisor the agent starts (not for direct use)
     #[command(hide = true)]
     Executor {
@@ -74,7 +77,10 @@ fn main() -> ExitCode {
         let code = atoll_agent::executor::main_with_spec(spec);
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
-    let daemon = matches!(cli.command, Command::Up(_) | Command::Master(_) | Command::Agent(_) | Command::Dns(_));
+    let daemon = matches!(
+        cli.command,
+        Command::Up(_) | Command::Master(_) | Command::Agent(_) | Command::Dns(_) | Command::Lb(_)
+    );
     init_logging(if daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
             Command::Master(args) => daemons::master(args).await,
             Command::Agent(args) => daemons::agent(args, master_flag).await,
             Command::Dns(args) => dns::dns(&ctx, args, master_flag).await,
+            Command::Lb(args) => lb::lb(args, master_flag).await,
             Command::Executor { .. } => unreachable!("handled before the runtime starts"),
             Command::Run(args) => operator::run(&ctx, args).await,
             Command::Node(command) => operator::node(&ctx, command).await.map(|()| 0),

@@ -398,6 +398,12 @@ impl DataplanePlan {
         self.services.iter().map(|(key, installed)| (service_key(key.0, key.1, key.2), installed.value))
     }
 
+    /// Every backend with its id, by address, port and protocol (to check a saved plan
+    /// against the maps a restarted daemon finds).
+    pub fn backend_values(&self) -> impl Iterator<Item = (u32, Backend)> + '_ {
+        self.backends.iter().map(|(addr, entry)| (entry.id, backend_value(addr.address, addr.port, addr.proto)))
+    }
+
     /// The id of the backend `address:port/proto`, if a service uses it.
     pub fn backend_id(&self, address: Ipv4Addr, port: u16, proto: u8) -> Option<u32> {
         self.backends.get(&BackendAddr { address, port, proto }).map(|entry| entry.id)

@@ -97,7 +97,8 @@ impl Default for L4Options {
 }
 
 impl L4Options {
-    fn validate(&self) -> Result<(), L4Error> {
+    /// Checks the options (also done by [`Dataplane::start`]), for a precise error early.
+    pub fn validate(&self) -> Result<(), L4Error> {
         let bad = |why: String| Err(L4Error::InvalidOptions(why));
         for (name, value) in [
             ("maglev_size", self.maglev_size),
