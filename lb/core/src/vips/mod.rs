@@ -42,10 +42,11 @@ impl VipName {
     }
 }
 
-/// `web@marathon`.
+/// `web.marathon`, as `/v1/vips` and `atoll vip list` show it (the DNS name is this with
+/// slashes turned into dots, under `l4lb.thisdcos.directory`).
 impl fmt::Display for VipName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.framework)
+        write!(f, "{}.{}", self.name, self.framework)
     }
 }
 

@@ -18,11 +18,11 @@ impl Master {
         let mut problems = Vec::new();
         for vip in assignments {
             let IpAddr::V4(address) = vip.address else {
-                problems.push(format!("VIP {}@{}: {} is not IPv4", vip.name, vip.framework, vip.address));
+                problems.push(format!("VIP {}.{}: {} is not IPv4", vip.name, vip.framework, vip.address));
                 continue;
             };
             if let Err(e) = allocator.record(VipName::new(&vip.framework, &vip.name), address) {
-                problems.push(format!("VIP {}@{}: {e}", vip.name, vip.framework));
+                problems.push(format!("VIP {}.{}: {e}", vip.name, vip.framework));
             }
         }
         (allocator, problems)
