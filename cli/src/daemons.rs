@@ -216,10 +216,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     };
     let (lb_line, lb_task) = match lb {
         Ok(lb) => {
+            let reach = if Some(&lb_options.l4.cgroup) == atoll_lb_l4::cgroup2_root().as_ref() {
+                "every process on this machine".to_owned()
+            } else {
+                format!("processes in cgroup {}", lb_options.l4.cgroup.display())
+            };
             let line = format!(
-                "  lb      VIPs {} served to every process (cgroup {}); http://{}",
+                "  lb      VIPs {} reach their backends from {reach}; http://{}",
                 lb_options.vip_pool,
-                lb_options.l4.cgroup.display(),
                 lb.http_addr().map_or_else(|| "-".to_owned(), |a| a.to_string())
             );
             let task = tokio::spawn(lb.serve(async move {

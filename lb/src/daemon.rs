@@ -90,6 +90,8 @@ pub struct RunningLb {
 pub async fn start(options: LbOptions) -> Result<RunningLb, LbError> {
     let data_dir = options.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| LbError::DataDir { path: data_dir.clone(), source })?;
+    // Checked before the route is added, so a wrong --cgroup changes nothing.
+    options.l4.check_cgroup()?;
     // Before anything is attached: from now on a VIP connection that no program rewrote is
     // dropped here instead of following the default route off the machine.
     atoll_lb_l4::ensure_blackhole(IpNetwork::V4(options.vip_pool)).await?;

@@ -130,6 +130,16 @@ impl L4Options {
         Ok(())
     }
 
+    /// Whether `cgroup` is a cgroup v2 directory the programs can attach to (separate from
+    /// [`L4Options::validate`]: cleaning up after a cgroup that is gone must still work).
+    pub fn check_cgroup(&self) -> Result<(), L4Error> {
+        if sys::is_cgroup2(&self.cgroup) {
+            Ok(())
+        } else {
+            Err(L4Error::NotCgroup2 { path: self.cgroup.clone(), root: cgroup2_root() })
+        }
+    }
+
     /// Entries of the Maglev table array (two slots each).
     fn maglev_entries(&self) -> u32 {
         (self.maglev_size * self.max_tables).div_ceil(MAGLEV_SLOTS_PER_ENTRY)
@@ -161,6 +171,11 @@ pub enum L4Error {
     },
     #[error("{path} is not on a bpffs")]
     NotBpffs { path: PathBuf },
+    #[error("cgroup: {} is not a cgroup v2 directory ({})", path.display(), match root {
+        Some(root) => format!("cgroup v2 is mounted at {}", root.display()),
+        None => "cgroup v2 is not mounted".to_owned(),
+    })]
+    NotCgroup2 { path: PathBuf, root: Option<PathBuf> },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("the eBPF object has no {0}")]
@@ -338,7 +353,23 @@ impl Dataplane {
     /// fit the options are replaced (empty).
     pub fn start(options: &L4Options) -> Result<Dataplane, L4Error> {
         options.validate()?;
+        options.check_cgroup()?;
         let _lock = prepare_pin_dir(&options.pin_dir)?;
+        let fresh = list_dir(&options.pin_dir)?.iter().all(|name| !is_atoll_pin(name));
+        let started = Dataplane::start_locked(options);
+        if started.is_err() && fresh {
+            // Nothing served from here before: leave nothing behind either.
+            let mut undone = CleanupReport::default();
+            if let Err(e) = unpin_all(&options.pin_dir, &mut undone) {
+                tracing::warn!("removing what the failed start pinned in {}: {e}", options.pin_dir.display());
+            }
+            let _ = fs::remove_dir(&options.pin_dir);
+        }
+        started
+    }
+
+    /// `start` with the pin directory prepared and locked.
+    fn start_locked(options: &L4Options) -> Result<Dataplane, L4Error> {
         let mut report = StartReport { object: OBJECT_ORIGIN, ..StartReport::default() };
         let specs = map_specs(options);
         let config = Config { maglev_size: options.maglev_size, max_tables: options.max_tables };
@@ -567,19 +598,7 @@ impl Dataplane {
             return Ok(report);
         }
         let lock = sys::lock_dir(dir).map_err(io_err(format!("locking {}", dir.display())))?;
-        for name in list_dir(dir)? {
-            let path = dir.join(&name);
-            if !is_atoll_pin(&name) {
-                report.left_alone.push(name);
-                continue;
-            }
-            if detach_pinned_link(&path)? {
-                report.links_detached.push(name.clone());
-            } else {
-                report.unpinned.push(name.clone());
-            }
-            remove_pin(&path)?;
-        }
+        unpin_all(dir, &mut report)?;
         drop(lock);
         if report.left_alone.is_empty() {
             match fs::remove_dir(dir) {
@@ -590,6 +609,24 @@ impl Dataplane {
         }
         Ok(report)
     }
+}
+
+/// Detaches the links and removes every Atoll pin in `dir` (which the caller has locked).
+fn unpin_all(dir: &Path, report: &mut CleanupReport) -> Result<(), L4Error> {
+    for name in list_dir(dir)? {
+        let path = dir.join(&name);
+        if !is_atoll_pin(&name) {
+            report.left_alone.push(name);
+            continue;
+        }
+        if detach_pinned_link(&path)? {
+            report.links_detached.push(name.clone());
+        } else {
+            report.unpinned.push(name.clone());
+        }
+        remove_pin(&path)?;
+    }
+    Ok(())
 }
 
 fn describe(key: &ServiceKey) -> String {

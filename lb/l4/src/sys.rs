@@ -142,6 +142,13 @@ fn fs_type(path: &Path) -> io::Result<i64> {
     Ok(f_type as i64)
 }
 
+/// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+pub(crate) fn is_cgroup2(path: &Path) -> bool {
+    path.is_dir() && fs_type(path).is_ok_and(|t| t == CGROUP2_SUPER_MAGIC)
+}
+
 pub(crate) fn is_bpffs(path: &Path) -> bool {
     fs_type(path).is_ok_and(|t| t == BPF_FS_MAGIC)
 }

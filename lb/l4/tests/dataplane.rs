@@ -420,3 +420,29 @@ fn another_cgroup_takes_over_the_links_and_the_config_can_change() -> Result<()>
     ensure!(dp.upsert_backend(0, tcp_backend(LOCALHOST, 1)).is_err(), "backend id 0 is reserved");
     Ok(())
 }
+
+#[test]
+fn a_failed_start_changes_nothing() -> Result<()> {
+    if !require_root("a_failed_start_changes_nothing") {
+        return Ok(());
+    }
+    let sandbox = Sandbox::new()?;
+    // Not a cgroup: refused before the pin directory is even made.
+    let not_a_cgroup = tempfile::tempdir()?;
+    let options = atoll_lb_l4::L4Options { cgroup: not_a_cgroup.path().to_owned(), ..sandbox.options() };
+    let error = Dataplane::start(&options).err().context("a plain directory is not a cgroup")?;
+    ensure!(matches!(error, atoll_lb_l4::L4Error::NotCgroup2 { .. }), "{error}");
+    ensure!(error.to_string().contains("cgroup v2 is mounted at"), "{error}");
+    ensure!(!sandbox.pin_dir.exists(), "{} was created", sandbox.pin_dir.display());
+
+    // An uplink that does not exist fails after the maps are pinned and the socket programs
+    // attached: all of it is undone.
+    let options =
+        atoll_lb_l4::L4Options { uplink: Some(format!("atnope{}", std::process::id() % 10_000)), ..sandbox.options() };
+    let error = Dataplane::start(&options).err().context("a missing uplink fails the start")?;
+    ensure!(!sandbox.pin_dir.exists(), "{error}: pins were left in {}", sandbox.pin_dir.display());
+    // And the cgroup has no program of ours attached: a later start is a fresh one.
+    let dp = Dataplane::start(&sandbox.options())?;
+    ensure!(!dp.report().maps_reused, "{:?}", dp.report());
+    Ok(())
+}
