@@ -1,5 +1,6 @@
-//! The pure core of Atoll's layer-4 load balancer: everything the `lb/l4` shell decides, with
-//! no I/O, no clock and no randomness, so that tests drive it without a kernel.
+//! The pure core of Atoll's load balancers: everything the `lb/l4` shell and the edge proxy
+//! decide, with no I/O, no clock and no randomness, so that tests drive it without a kernel
+//! or sockets. [`edge`] is the HTTP edge's route table; the rest is layer 4.
 //!
 //! Data flows through three stages, each usable on its own:
 //!
@@ -19,6 +20,7 @@
 //! [`key_parts`] convert from and to host types.
 
 pub mod dataplane;
+pub mod edge;
 pub mod maglev;
 mod siphash;
 pub mod vips;
