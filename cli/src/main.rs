@@ -5,6 +5,7 @@ mod apps;
 mod client;
 mod daemons;
 mod dns;
+mod edge;
 mod ipam;
 mod lb;
 mod operator;
@@ -40,6 +41,8 @@ enum Command {
     Dns(dns::DnsArgs),
     /// Run this node's layer-4 load balancer (eBPF; root): serves every VIP to every process
     Lb(lb::LbArgs),
+    /// Run the HTTP edge proxy (routes from app labels), or list an edge's routes
+    Edge(edge::EdgeArgs),
     /// The per-task supervisor the agent starts (not for direct use)
     #[command(hide = true)]
     Executor {
@@ -80,7 +83,7 @@ fn main() -> ExitCode {
     let daemon = matches!(
         cli.command,
         Command::Up(_) | Command::Master(_) | Command::Agent(_) | Command::Dns(_) | Command::Lb(_)
-    );
+    ) || matches!(&cli.command, Command::Edge(args) if args.is_daemon());
     init_logging(if daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => daemons::agent(args, master_flag).await,
             Command::Dns(args) => dns::dns(&ctx, args, master_flag).await,
             Command::Lb(args) => lb::lb(args, master_flag).await,
+            Command::Edge(args) => edge::edge(&ctx, args, master_flag).await,
             Command::Executor { .. } => unreachable!("handled before the runtime starts"),
             Command::Run(args) => operator::run(&ctx, args).await,
             Command::Node(command) => operator::node(&ctx, command).await.map(|()| 0),

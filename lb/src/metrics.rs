@@ -37,7 +37,7 @@ pub struct MapLabel {
 /// One service's identity in the per-VIP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VipLabels {
-    /// `name@framework`, comma-separated if several names share the address; empty for a
+    /// `name.framework`, comma-separated if several names share the address; empty for a
     /// fixed (`ip:port`) VIP.
     pub vip: String,
     pub address: String,

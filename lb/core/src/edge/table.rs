@@ -140,18 +140,19 @@ impl RouteTable {
 
     /// The route for a request's `Host` (or `:authority`) and path.
     pub fn lookup(&self, host: &str, path: &str) -> Lookup<'_> {
-        let host = host_without_port(host);
-        let host = normalize_host(host).unwrap_or_default();
-        let matching = |indices: &[usize]| {
-            indices.iter().map(|&i| &self.routes[i]).find(|r| r.path.as_ref().is_none_or(|p| p.matches(path)))
-        };
-        if let Some(route) = self.by_host.get(&host).and_then(|indices| matching(indices)) {
-            return Lookup::Route(route);
-        }
-        match matching(&self.any_host) {
-            Some(route) => Lookup::Route(route),
+        match self.lookup_index(host, path) {
+            Some(i) => Lookup::Route(&self.routes[i]),
             None => Lookup::NoRoute,
         }
+    }
+
+    /// [`RouteTable::lookup`] as an index into [`RouteTable::routes`].
+    pub fn lookup_index(&self, host: &str, path: &str) -> Option<usize> {
+        let host = normalize_host(host_without_port(host)).unwrap_or_default();
+        let matching = |indices: &[usize]| {
+            indices.iter().copied().find(|&i| self.routes[i].path.as_ref().is_none_or(|p| p.matches(path)))
+        };
+        self.by_host.get(&host).and_then(|indices| matching(indices)).or_else(|| matching(&self.any_host))
     }
 
     /// Every HTTP route, by id.
