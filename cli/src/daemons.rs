@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use atoll_agent::{AgentSettings, StopMode};
 use atoll_dns::settings::DnsSettings;
 use atoll_lb::LbSettings;
+use atoll_lb_edge::EdgeSettings;
 use atoll_scheduler::config::{MasterSettings, default_data_root};
 use clap::Args;
 use serde::Deserialize;
@@ -63,7 +64,19 @@ pub struct UpArgs {
     /// Do not run the layer-4 load balancer (it runs by default as root)
     #[arg(long)]
     no_lb: bool,
-    /// TOML file with [master], [agent], [dns] and [lb] tables of daemon settings (flags win)
+    /// Edge proxy HTTP address [default: 127.0.0.1:8080]
+    #[arg(long)]
+    edge_listen: Option<SocketAddr>,
+    /// Edge proxy TLS address; certificates from <data-dir>/edge/certs [default: 127.0.0.1:8443]
+    #[arg(long)]
+    edge_tls_listen: Option<SocketAddr>,
+    /// Edge proxy admin API (/v1/routes, /metrics) [default: 127.0.0.1:9090]
+    #[arg(long)]
+    edge_admin_listen: Option<SocketAddr>,
+    /// Do not run the edge proxy
+    #[arg(long)]
+    no_edge: bool,
+    /// TOML file with [master], [agent], [dns], [lb] and [edge] tables of daemon settings (flags win)
     #[arg(long)]
     config: Option<PathBuf>,
     /// On stop, leave the tasks running (the next `atoll up` recovers them)
@@ -83,6 +96,8 @@ struct UpFile {
     dns: DnsSettings,
     #[serde(default)]
     lb: LbSettings,
+    #[serde(default)]
+    edge: EdgeSettings,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -187,6 +202,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         ..LbSettings::default()
     };
     let lb_options = lb_flags.over(file.lb).resolve()?;
+    let edge_flags = EdgeSettings {
+        listen: Some(args.edge_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+        tls_listen: Some(args.edge_tls_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443)))),
+        admin_listen: args.edge_admin_listen,
+        master: Some(master_url.clone()),
+        ..EdgeSettings::default()
+    };
+    let mut edge_settings = edge_flags.over(file.edge);
+    if edge_settings.cert_dir.is_none() {
+        let certs = data_dir.join("edge").join("certs");
+        std::fs::create_dir_all(&certs).with_context(|| format!("creating {}", certs.display()))?;
+        edge_settings.cert_dir = Some(certs);
+    }
+    let edge_options = edge_settings.resolve()?;
 
     let master = atoll_scheduler::server::start(master_options).await?;
     let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -234,6 +263,24 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         Err(why) => (format!("  lb      not running: {why}"), None),
     };
 
+    let (stop_edge, edge_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (edge_line, edge_task) = if args.no_edge {
+        ("  edge    not running: --no-edge".to_owned(), None)
+    } else {
+        let edge = atoll_lb_edge::start(edge_options.clone()).await?;
+        let line = format!(
+            "  edge    http://{}  https://{} (certificates in {})  admin http://{}",
+            edge_options.listen,
+            edge_options.tls_listen.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            edge_options.cert_dir.display(),
+            edge_options.admin_listen
+        );
+        let task = tokio::spawn(edge.serve(async move {
+            let _ = edge_stopped.await;
+        }));
+        (line, Some(task))
+    };
+
     println!("atoll is up");
     println!("  master  {master_url}  (HTTP API, gRPC, event stream at /v1/events)");
     println!("  agent   http://{agent_listen}");
@@ -244,6 +291,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         println!("  dns api http://{http}");
     }
     println!("{lb_line}");
+    println!("{edge_line}");
     println!("  data    {}", data_dir.display());
     println!("try:  atoll run -- echo hello      atoll task list      atoll events");
     if let Some(addr) = dns_addrs.first() {
@@ -260,6 +308,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
     let _ = stop_dns.send(());
     let _ = stop_master.send(());
     let _ = stop_lb.send(());
+    let _ = stop_edge.send(());
+    if let Some(task) = edge_task {
+        task.await.context("the edge task failed")??;
+    }
     if let Some(task) = lb_task {
         task.await.context("the load balancer task failed")??;
         // Tasks kept running keep their VIPs; otherwise nothing of the cluster stays attached.

@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a one-machine cluster: master and agent (stops everything on Ctrl-C)
+    /// Run a one-machine cluster: master, agent, DNS, VIP load balancer and edge proxy (Ctrl-C stops all)
     Up(daemons::UpArgs),
     /// Run the master daemon
     Master(daemons::MasterArgs),
