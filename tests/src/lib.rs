@@ -2,6 +2,7 @@
 //! ports of their own, each test in its own temporary directory, everything killed (by PID)
 //! and cleaned up (`atoll agent --cleanup`: tasks, cgroups) when the test ends, pass or fail.
 
+pub mod edge;
 pub mod lb;
 
 use std::net::{SocketAddr, TcpListener};
