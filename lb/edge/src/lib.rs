@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod settings;
 pub mod state;
 pub mod tls;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

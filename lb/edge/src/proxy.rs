@@ -43,6 +43,27 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    pub(crate) fn tried(&self) -> &[SocketAddr] {
+        &self.tried
+    }
+
+    pub(crate) fn push_tried(&mut self, backend: SocketAddr) {
+        self.tried.push(backend);
+    }
+
+    /// The backend now serving the request (counted in flight until the request ends).
+    pub(crate) fn note_backend(&mut self, backend: SocketAddr) {
+        self.in_flight = Some(backend);
+    }
+
+    pub(crate) fn hash_key(&self) -> Option<&[u8]> {
+        self.hash_key.as_deref()
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     fn route(&self) -> Option<&Route> {
         Some(&self.snapshot.as_ref()?.table.routes()[self.route?])
     }
@@ -57,6 +78,26 @@ impl EdgeProxy {
         if let Some(backend) = ctx.in_flight.take() {
             self.state.end_backend_request(backend);
         }
+    }
+
+    /// `X-Forwarded-For` (appended to the client's own), `-Proto` and `-Host` for a request.
+    pub(crate) fn forwarded_headers(&self, session: &Session, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(ip) = client_ip(session) {
+            let earlier = session.req_header().headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+            headers.push((
+                X_FORWARDED_FOR,
+                match earlier {
+                    Some(earlier) => format!("{earlier}, {ip}"),
+                    None => ip.to_string(),
+                },
+            ));
+        }
+        headers.push((X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" }.to_owned()));
+        if !ctx.host.is_empty() {
+            headers.push((X_FORWARDED_HOST, ctx.host.clone()));
+        }
+        headers
     }
 }
 
@@ -141,6 +182,13 @@ impl ProxyHttp for EdgeProxy {
         ctx.counted = true;
         ctx.tls = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
         let request = session.req_header();
+        let head_size: usize = request.uri.to_string().len()
+            + request.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+        if head_size as u64 > self.state.options.max_request_headers {
+            ctx.local = true;
+            let body = format!("request headers larger than {} bytes\n", self.state.options.max_request_headers);
+            return respond(session, 431, body, None).await;
+        }
         ctx.host = request_host(request);
         let path = request.uri.path().to_owned();
         let snapshot = self.state.snapshot();
@@ -183,6 +231,7 @@ impl ProxyHttp for EdgeProxy {
         if session.is_upgrade_req() {
             // A WebSocket may stay quiet for long: no read timeout on the client side.
             session.set_read_timeout(None);
+            return crate::websocket::tunnel(self, session, ctx, route).await;
         }
         Ok(false)
     }
@@ -262,20 +311,12 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(ip) = client_ip(session) {
-            let forwarded = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(earlier) => format!("{earlier}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
+        for (name, value) in self.forwarded_headers(session, ctx) {
+            upstream.insert_header(name, value)?;
         }
-        upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-        if !ctx.host.is_empty() {
-            upstream.insert_header(X_FORWARDED_HOST, ctx.host.clone())?;
-            if upstream.headers.get(http::header::HOST).is_none() {
-                // HTTP/2 clients send :authority; HTTP/1.1 backends need Host.
-                upstream.insert_header(http::header::HOST, ctx.host.clone())?;
-            }
+        if !ctx.host.is_empty() && upstream.headers.get(http::header::HOST).is_none() {
+            // HTTP/2 clients send :authority; HTTP/1.1 backends need Host.
+            upstream.insert_header(http::header::HOST, ctx.host.clone())?;
         }
         if let Some(route) = ctx.route()
             && route.strip_prefix

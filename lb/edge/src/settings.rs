@@ -46,6 +46,10 @@ pub struct EdgeSettings {
     /// Largest request body accepted, in bytes (413 beyond) [default: 10485760]
     #[arg(long)]
     pub max_request_body: Option<u64>,
+    /// Largest request head accepted (request line and headers), in bytes (431 beyond)
+    /// [default: 65536]
+    #[arg(long)]
+    pub max_request_headers: Option<u64>,
     /// Time to connect to a backend before trying another [default: 2s]
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
@@ -75,6 +79,7 @@ pub struct EdgeOptions {
     pub cert_dir: PathBuf,
     pub group: String,
     pub max_request_body: u64,
+    pub max_request_headers: u64,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
@@ -98,6 +103,7 @@ impl EdgeSettings {
             cert_dir: self.cert_dir.or(file.cert_dir),
             group: self.group.or(file.group),
             max_request_body: self.max_request_body.or(file.max_request_body),
+            max_request_headers: self.max_request_headers.or(file.max_request_headers),
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
             response_timeout: self.response_timeout.or(file.response_timeout),
             retries: self.retries.or(file.retries),
@@ -128,6 +134,10 @@ impl EdgeSettings {
         if max_request_body == 0 {
             return Err(invalid("max-request-body", "must be positive"));
         }
+        let max_request_headers = self.max_request_headers.unwrap_or(64 << 10);
+        if max_request_headers < 1024 {
+            return Err(invalid("max-request-headers", "must be at least 1024 bytes"));
+        }
         Ok(EdgeOptions {
             listen,
             tls_listen: self.tls_listen,
@@ -135,6 +145,7 @@ impl EdgeSettings {
             cert_dir: self.cert_dir.unwrap_or_else(|| PathBuf::from("/etc/atoll/certs")),
             group,
             max_request_body,
+            max_request_headers,
             connect_timeout: positive("connect-timeout", self.connect_timeout, Duration::from_secs(2))?,
             response_timeout: positive("response-timeout", self.response_timeout, Duration::from_secs(60))?,
             retries: self.retries.unwrap_or(2).min(16),
