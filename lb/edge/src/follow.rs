@@ -64,3 +64,16 @@ pub async fn follow(state: Arc<EdgeState>) {
         retry = (retry * 2).min(Duration::from_secs(5));
     }
 }
+
+/// Publishes a table for every value of `apps` (their count is the table's index).
+pub async fn follow_apps(state: Arc<EdgeState>, mut apps: tokio::sync::watch::Receiver<EdgeApps>) {
+    let mut index = 0;
+    loop {
+        let table = RouteTable::build(&apps.borrow_and_update(), &state.options.group);
+        index += 1;
+        state.publish(Snapshot::new(table, index));
+        if apps.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -78,9 +78,18 @@ impl RunningEdge {
         &self.state.options
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, gives the requests in flight
-    /// the grace period to finish, and returns.
+    /// Serves the routes of the master's cluster state until `shutdown` resolves; then stops
+    /// accepting, gives the requests in flight the grace period to finish, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
+        self.serve_from(RouteSource::Master, shutdown).await
+    }
+
+    /// [`RunningEdge::serve`] with the apps from `source`.
+    pub async fn serve_from(
+        self,
+        source: RouteSource,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), EdgeError> {
         let RunningEdge { state, admin, certificates } = self;
         let options = state.options.clone();
         let conf = Arc::new(ServerConf {
@@ -106,7 +115,10 @@ impl RunningEdge {
             service.add_tls_with_settings(&addr.to_string(), None, settings);
         }
 
-        let follower = tokio::spawn(follow::follow(state.clone()));
+        let follower = match source {
+            RouteSource::Master => tokio::spawn(follow::follow(state.clone())),
+            RouteSource::Apps(apps) => tokio::spawn(follow::follow_apps(state.clone(), apps)),
+        };
         let watcher = certificates.map(|dir| tokio::spawn(dir.watch(Duration::from_secs(2))));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let api = admin::router(admin::Admin { state: state.clone(), certificates: resolver });
@@ -144,6 +156,15 @@ impl RunningEdge {
             None => Ok(()),
         }
     }
+}
+
+/// Where an edge's apps come from.
+pub enum RouteSource {
+    /// The master's event stream (`options.master`).
+    Master,
+    /// Apps handed over directly, each new value a new table: for embedding the edge and for
+    /// benchmarks that change routes faster than a cluster would.
+    Apps(tokio::sync::watch::Receiver<atoll_lb_core::edge::EdgeApps>),
 }
 
 /// Starts and serves until `shutdown` resolves.
