@@ -20,6 +20,10 @@ pub mod pb {
     }
 }
 
+/// The encoded `FileDescriptorSet` of every `.proto` file above: what the Mesos JSON wire needs
+/// to map protobuf messages to and from JSON by field and enum names.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/atoll_descriptors.bin"));
+
 pub mod convert;
 pub mod model;
 pub mod paths;

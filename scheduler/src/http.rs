@@ -113,8 +113,13 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Mesos's `/version` keys, since Mesos clients read this path: `version` is the Mesos API
+/// version Atoll speaks ([`crate::mesos_state::MESOS_VERSION`]); Atoll's own is `atoll_version`.
 async fn version() -> Response {
-    json(&serde_json::json!({ "name": "atoll", "version": env!("CARGO_PKG_VERSION") }))
+    let mut body = crate::mesos_state::version_json();
+    body["name"] = "atoll".into();
+    body["atoll_version"] = env!("CARGO_PKG_VERSION").into();
+    json(&body)
 }
 
 /// The OpenAPI description of this API.

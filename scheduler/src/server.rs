@@ -73,11 +73,20 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
         .add_service(AgentRegistryServer::new(AgentService::new(handle.clone())))
         .add_service(OperatorServer::new(OperatorService::new(handle.clone())))
         .into_axum_router();
-    let app = router(ApiState { master: handle, run }).merge(crate::services::api::router(services)).merge(grpc);
+    let read_only = handle.clone();
+    let mesos_scheduler = crate::mesos_scheduler::router(handle.clone());
+    let app = router(ApiState { master: handle, run })
+        .merge(crate::services::api::router(services))
+        .merge(mesos_scheduler)
+        .merge(grpc);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: options.listen, source })?;
     let address = listener.local_addr().map_err(ServerError::Serve)?;
+    // Mesos's read-only endpoints name the master by the address it is reached at: known only
+    // once bound (an ephemeral port, a wildcard address).
+    let app =
+        app.merge(crate::mesos_readonly::router(read_only, crate::mesos_readonly::identity(address, &options).await));
     Ok(RunningMaster { listener, app, address })
 }
 

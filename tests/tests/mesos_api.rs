@@ -1,0 +1,209 @@
+//! The Mesos v1 scheduler HTTP API of the master: a real third-party framework (pymesos, from
+//! PyPI, unchanged) runs a task's whole life against it, and the wire rules (RecordIO, media
+//! types, stream ids, status codes) are checked call by call, in JSON and protobuf.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use atoll_proto::pb::v1::scheduler as spb;
+use atoll_tests::{Cluster, wait_for};
+use futures::StreamExt;
+use prost::Message as _;
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The virtualenv python with pymesos (`tests/fixtures/install-pymesos.sh`, which `./dev test`
+/// runs), or `$ATOLL_PYMESOS_PYTHON`.
+fn pymesos_python() -> PathBuf {
+    let python = std::env::var_os("ATOLL_PYMESOS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/pymesos-venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/fixtures/install-pymesos.sh (./dev test does) or set ATOLL_PYMESOS_PYTHON",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn pymesos_runs_a_task_through_its_whole_life() {
+    let cluster = Cluster::start().await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/pymesos_framework.py");
+    let master = format!("{}:{}", cluster.master_ip, cluster.master_port);
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(pymesos_python()).arg(&script).arg(&master).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("pymesos finished within 120 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let steps: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        output.status.success(),
+        "pymesos: {}\n{stdout}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    for step in ["registered", "launched", "reconciled", "stopped"] {
+        assert!(names.contains(&step), "{step} missing: {stdout}");
+    }
+    let states: Vec<&str> = steps.iter().filter_map(|s| s["state"].as_str()).collect();
+    for state in ["TASK_RUNNING", "TASK_KILLED"] {
+        assert!(states.contains(&state), "{state} missing: {stdout}");
+    }
+    let framework_id = steps[0]["framework_id"].as_str().unwrap().to_owned();
+    let task_id = steps[1]["task_id"].as_str().unwrap().to_owned();
+
+    // The master saw the same: the task was killed, and TEARDOWN removed the framework.
+    let task = cluster.task(&task_id).await.unwrap();
+    assert_eq!(task["state"], "TASK_KILLED", "{task}");
+    wait_for("the framework to be removed", LONG, async || {
+        let frameworks = cluster.get("/v1/frameworks").await?;
+        Ok(frameworks.as_array().is_some_and(|f| f.iter().all(|f| f["id"] != framework_id.as_str())).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// RecordIO records from a streaming body, as they arrive.
+struct Records {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: Vec<u8>,
+}
+
+impl Records {
+    fn new(response: reqwest::Response) -> Records {
+        Records { stream: response.bytes_stream().boxed(), buffer: Vec::new() }
+    }
+
+    async fn next(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(newline) = self.buffer.iter().position(|&b| b == b'\n') {
+                let length: usize = std::str::from_utf8(&self.buffer[..newline]).unwrap().parse().unwrap();
+                if self.buffer.len() > newline + length {
+                    let record = self.buffer[newline + 1..newline + 1 + length].to_vec();
+                    self.buffer.drain(..newline + 1 + length);
+                    return record;
+                }
+            }
+            let chunk = tokio::time::timeout(LONG, self.stream.next()).await.unwrap().unwrap().unwrap();
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+}
+
+fn subscribe_json(name: &str) -> Value {
+    json!({ "type": "SUBSCRIBE", "subscribe": { "framework_info": { "user": "root", "name": name } } })
+}
+
+#[tokio::test]
+async fn the_scheduler_api_speaks_mesos_wire_rules() {
+    let cluster = Cluster::start().await.unwrap();
+    let url = format!("{}/api/v1/scheduler", cluster.master_url());
+    let http = reqwest::Client::new();
+    let post =
+        |body: Vec<u8>, content_type: &str| http.post(&url).header("content-type", content_type.to_owned()).body(body);
+
+    // SUBSCRIBE (JSON): 200, the exact media type, a stream id, RecordIO of compact JSON.
+    let response = post(serde_json::to_vec(&subscribe_json("wire")).unwrap(), "application/json")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers().get("transfer-encoding").map(|v| v.to_str().unwrap()), Some("chunked"));
+    let stream_id = response.headers()["mesos-stream-id"].to_str().unwrap().to_owned();
+    let mut records = Records::new(response);
+    let first = records.next().await;
+    assert!(!first.contains(&b'\n'), "one line per record");
+    let subscribed: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(subscribed["type"], "SUBSCRIBED", "{subscribed}");
+    let framework_id = subscribed["subscribed"]["framework_id"]["value"].as_str().unwrap().to_owned();
+    assert!(subscribed["subscribed"]["heartbeat_interval_seconds"].as_f64().unwrap() > 0.0);
+    // Offers come to a new framework.
+    let offers: Value = loop {
+        let event: Value = serde_json::from_slice(&records.next().await).unwrap();
+        if event["type"] == "OFFERS" {
+            break event;
+        }
+    };
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["framework_id"]["value"], framework_id.as_str());
+    assert!(
+        offer["resources"].as_array().unwrap().iter().any(|r| r["name"] == "cpus" && r["type"] == "SCALAR"),
+        "{offer}"
+    );
+
+    let call = |kind: &str, extra: Value| {
+        let mut call = json!({ "framework_id": { "value": framework_id }, "type": kind });
+        if let (Value::Object(call), Value::Object(extra)) = (&mut call, extra) {
+            call.extend(extra);
+        }
+        serde_json::to_vec(&call).unwrap()
+    };
+    let decline =
+        call("DECLINE", json!({ "decline": { "offer_ids": [offer["id"]], "filters": { "refuse_seconds": 1 } } }));
+
+    // 202 with the stream id; 400 without it or with another one; 403 for a framework that
+    // is not subscribed; 400 for a stream id on SUBSCRIBE; 415 and 406 for media types.
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let ok = post(decline.clone(), "application/json").header("mesos-stream-id", &stream_id).send().await.unwrap();
+    assert_eq!(status(ok), 202);
+    assert_eq!(status(post(decline.clone(), "application/json").send().await.unwrap()), 400);
+    let wrong = post(decline.clone(), "application/json").header("mesos-stream-id", "not-it").send().await.unwrap();
+    assert_eq!(status(wrong), 400);
+    let stranger = serde_json::to_vec(&json!({ "framework_id": { "value": "nobody" }, "type": "REVIVE" })).unwrap();
+    let forbidden = post(stranger, "application/json").header("mesos-stream-id", &stream_id).send().await.unwrap();
+    assert_eq!(status(forbidden), 403);
+    let resubscribe_with_id = post(serde_json::to_vec(&subscribe_json("again")).unwrap(), "application/json")
+        .header("mesos-stream-id", &stream_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(resubscribe_with_id), 400);
+    assert_eq!(status(post(decline.clone(), "text/plain").send().await.unwrap()), 415);
+    let not_acceptable = post(serde_json::to_vec(&subscribe_json("html")).unwrap(), "application/json")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(not_acceptable), 406);
+    let malformed = post(b"{\"type\":".to_vec(), "application/json").send().await.unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert!(!malformed.text().await.unwrap().is_empty(), "a 400 says why");
+    let revive =
+        post(call("REVIVE", json!({})), "application/json").header("mesos-stream-id", &stream_id).send().await.unwrap();
+    assert_eq!(status(revive), 202);
+    let teardown = post(call("TEARDOWN", json!({})), "application/json")
+        .header("mesos-stream-id", &stream_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(teardown), 202);
+
+    // The same in protobuf: a SUBSCRIBE in Mesos's binary form, events back as protobuf.
+    let subscribe = spb::Call {
+        r#type: spb::call::Type::Subscribe as i32,
+        subscribe: Some(spb::call::Subscribe {
+            framework_info: Some(atoll_proto::pb::v1::FrameworkInfo {
+                user: "root".into(),
+                name: "protobuf".into(),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let response = post(subscribe.encode_to_vec(), "application/x-protobuf").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+    let mut records = Records::new(response);
+    let event = spb::Event::decode(records.next().await.as_slice()).unwrap();
+    assert_eq!(event.r#type, spb::event::Type::Subscribed as i32);
+    assert!(event.subscribed.unwrap().framework_id.is_some());
+}
