@@ -75,7 +75,11 @@ pub(crate) async fn follow(
     let http = reqwest::Client::new();
     loop {
         match subscribe(&http, &base, projection, shared, queries).await {
-            Ok(()) => tracing::info!("the Mesos event stream ended; resubscribing"),
+            Ok(()) => {
+                tracing::info!("the Mesos event stream ended; resubscribing in a second");
+                // A master that ends every stream at once must not be hammered.
+                wait_answering(Duration::from_secs(1), projection, queries).await;
+            }
             Err(e) => {
                 tracing::info!("no Mesos event stream ({e}); polling /master/state every {POLL:?}");
                 // Poll a while, then try the stream again.
@@ -127,6 +131,10 @@ async fn subscribe(
         .map_err(|e| http_error(e.to_string()))?;
     if !response.status().is_success() {
         return Err(http_error(format!("HTTP {}", response.status())));
+    }
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(http_error(format!("not a Mesos event stream (Content-Type `{content_type}`)")));
     }
     shared.metrics.connected.set(1);
     refresh(http, base, projection, shared).await;

@@ -85,9 +85,27 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
     let address = listener.local_addr().map_err(ServerError::Serve)?;
     // Mesos's read-only endpoints name the master by the address it is reached at: known only
     // once bound (an ephemeral port, a wildcard address).
-    let app =
-        app.merge(crate::mesos_readonly::router(read_only, crate::mesos_readonly::identity(address, &options).await));
+    let app = app
+        .merge(crate::mesos_readonly::router(read_only, crate::mesos_readonly::identity(address, &options).await))
+        .fallback(unknown_path);
     Ok(RunningMaster { listener, app, address })
+}
+
+/// A path nothing serves: 404 for HTTP clients; gRPC's own UNIMPLEMENTED for gRPC ones (a
+/// Mesos client posting to an endpoint Atoll lacks must not read a gRPC 200 as success).
+async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let path = request.uri().path().to_owned();
+    if grpc {
+        tonic::Status::unimplemented(format!("no gRPC method {path}")).into_http()
+    } else {
+        (axum::http::StatusCode::NOT_FOUND, format!("no such path: {path}\n")).into_response()
+    }
 }
 
 impl RunningMaster {

@@ -206,4 +206,8 @@ async fn the_scheduler_api_speaks_mesos_wire_rules() {
     let event = spb::Event::decode(records.next().await.as_slice()).unwrap();
     assert_eq!(event.r#type, spb::event::Type::Subscribed as i32);
     assert!(event.subscribed.unwrap().framework_id.is_some());
+
+    // A path the master does not serve is a 404 for HTTP clients, not gRPC's 200.
+    let missing = http.post(format!("{}/api/v0/nothing", cluster.master_url())).body("{}").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
 }
