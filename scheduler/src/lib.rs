@@ -10,6 +10,7 @@ pub mod events;
 pub mod grpc;
 pub mod hosted;
 pub mod http;
+pub mod mesos_operator;
 pub mod mesos_readonly;
 pub mod mesos_scheduler;
 pub mod mesos_state;

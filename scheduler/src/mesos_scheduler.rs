@@ -124,20 +124,21 @@ pub fn decode_call(encoding: Encoding, body: &[u8]) -> Result<spb::Call, MesosAp
 pub fn encode_event(encoding: Encoding, event: &spb::Event) -> Vec<u8> {
     match encoding {
         Encoding::Protobuf => event.encode_to_vec(),
-        Encoding::Json => {
-            let descriptor = message("atoll.v1.scheduler.Event");
-            let mut dynamic = DynamicMessage::new(descriptor.clone());
-            dynamic.transcode_from(event).expect("an Event transcodes to its own descriptor");
-            // Mesos writes proto field names, enum names and 64-bit integers as numbers, and only
-            // the fields that are set (a reconciliation update has no `uuid`, and a client
-            // that sees an empty one acknowledges it).
-            let options = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(false);
-            let mut value =
-                dynamic.serialize_with_options(serde_json::value::Serializer, &options).expect("into a JSON value");
-            with_meaningful_zero_enums(&mut value, &descriptor);
-            serde_json::to_vec(&value).expect("serializing into memory")
-        }
+        Encoding::Json => serde_json::to_vec(&mesos_json(event, "atoll.v1.scheduler.Event")).expect("into memory"),
     }
+}
+
+/// A protobuf message (named `name` in Atoll's `.proto` files) in Mesos's JSON: proto field
+/// names, enum names, 64-bit integers as numbers, and only the fields that are set (a
+/// reconciliation update has no `uuid`, and a client that sees an empty one acknowledges it).
+pub fn mesos_json(message_value: &impl prost::Message, name: &str) -> serde_json::Value {
+    let descriptor = message(name);
+    let dynamic = DynamicMessage::decode(descriptor.clone(), message_value.encode_to_vec().as_slice())
+        .expect("a message decodes with its own descriptor");
+    let options = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(false);
+    let mut value = dynamic.serialize_with_options(serde_json::value::Serializer, &options).expect("into a JSON value");
+    with_meaningful_zero_enums(&mut value, &descriptor);
+    value
 }
 
 /// Puts back the enum fields whose zero value means something (TASK_STARTING, SCALAR,

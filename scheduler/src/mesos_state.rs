@@ -55,6 +55,8 @@ pub struct MasterIdentity {
     pub elected_time: Time,
     /// The master's settings under Mesos flag names, as strings (Mesos's `flags`).
     pub flags: BTreeMap<String, String>,
+    /// Role weights the master was started with (`GET_WEIGHTS`, `GET_ROLES`).
+    pub role_weights: BTreeMap<String, f64>,
 }
 
 impl MasterIdentity {
@@ -67,6 +69,7 @@ impl MasterIdentity {
             start_time,
             elected_time: start_time,
             flags: BTreeMap::new(),
+            role_weights: BTreeMap::new(),
         }
     }
 

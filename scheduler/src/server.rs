@@ -85,8 +85,10 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
     let address = listener.local_addr().map_err(ServerError::Serve)?;
     // Mesos's read-only endpoints name the master by the address it is reached at: known only
     // once bound (an ephemeral port, a wildcard address).
+    let identity = crate::mesos_readonly::identity(address, &options).await;
     let app = app
-        .merge(crate::mesos_readonly::router(read_only, crate::mesos_readonly::identity(address, &options).await))
+        .merge(crate::mesos_operator::router(read_only.clone(), identity.clone()))
+        .merge(crate::mesos_readonly::router(read_only, identity))
         .fallback(unknown_path);
     Ok(RunningMaster { listener, app, address })
 }

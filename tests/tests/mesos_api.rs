@@ -211,3 +211,95 @@ async fn the_scheduler_api_speaks_mesos_wire_rules() {
     let missing = http.post(format!("{}/api/v0/nothing", cluster.master_url())).body("{}").send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn the_operator_api_answers_mesos_calls_and_streams_the_cluster() {
+    let mut cluster = Cluster::start().await.unwrap();
+    let url = format!("{}/api/v1", cluster.master_url());
+    let http = reqwest::Client::new();
+    let call = async |body: Value| {
+        let response = http.post(&url).header("content-type", "application/json").json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+
+    let (status, body) = call(json!({ "type": "GET_HEALTH" })).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"get_health":{"healthy":true},"type":"GET_HEALTH"}"#));
+    let (status, body) = call(json!({ "type": "GET_VERSION" })).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["get_version"]["version_info"]["version"], "1.11.0");
+    let (status, _) = call(json!({ "type": "NOT_A_CALL" })).await;
+    assert_eq!(status, 400);
+    let wrong_type = http.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(wrong_type.status(), 415);
+
+    // SUBSCRIBE: the whole state first, then the cluster's changes as they happen.
+    let response = http
+        .post(format!("{url}/operator"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(r#"{"type":"SUBSCRIBE"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let mut records = Records::new(response);
+    let subscribed: Value = serde_json::from_slice(&records.next().await).unwrap();
+    assert_eq!(subscribed["type"], "SUBSCRIBED");
+    let agents = &subscribed["subscribed"]["get_state"]["get_agents"]["agents"];
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{subscribed}");
+    let agent_id = agents[0]["agent_info"]["id"]["value"].as_str().unwrap().to_owned();
+    assert!(agents[0]["pid"].as_str().unwrap().starts_with("slave(1)@127.0.0.1:"), "{agents}");
+
+    let task_id = cluster.run_detached(&["--name", "opstream", "--", "sleep", "600"]).await.unwrap();
+    let mut added = None;
+    let mut running = false;
+    for _ in 0..50 {
+        let event: Value = serde_json::from_slice(&records.next().await).unwrap();
+        match event["type"].as_str().unwrap() {
+            "TASK_ADDED" if event["task_added"]["task"]["task_id"]["value"] == task_id.as_str() => {
+                added = Some(event["task_added"]["task"].clone());
+            }
+            "TASK_UPDATED"
+                if event["task_updated"]["status"]["task_id"]["value"] == task_id.as_str()
+                    && event["task_updated"]["state"] == "TASK_RUNNING" =>
+            {
+                assert_eq!(event["task_updated"]["status"]["state"], "TASK_RUNNING");
+                running = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let added = added.expect("TASK_ADDED for the new task");
+    assert_eq!(added["agent_id"]["value"], agent_id.as_str());
+    assert!(added["resources"].as_array().unwrap().iter().any(|r| r["name"] == "cpus"), "{added}");
+    assert!(running, "TASK_UPDATED to TASK_RUNNING");
+
+    let (status, body) = call(json!({ "type": "GET_TASKS" })).await;
+    assert_eq!(status, 200);
+    let tasks: Value = serde_json::from_str(&body).unwrap();
+    assert!(tasks["get_tasks"]["tasks"].as_array().unwrap().iter().any(|t| t["task_id"]["value"] == task_id.as_str()));
+
+    // Atoll's own DNS drop-in mode (for Mesos masters) follows an Atoll master the same way.
+    cluster.start_dns(&["--mesos-master", &cluster.master_url()]).await.unwrap();
+    let answer = wait_for("opstream.atoll-run.mesos from the Mesos path", LONG, async || {
+        let answer = cluster.dns_query("opstream.atoll-run.mesos.", "A", false).await?;
+        Ok((!answer.answers.is_empty()).then_some(answer))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert_eq!(answer.values(), vec!["127.0.0.1".to_owned()]);
+    // Maintenance through the operator API (draining kills the agent's tasks, as in Mesos).
+    let (status, body) =
+        call(json!({ "type": "DRAIN_AGENT", "drain_agent": { "agent_id": { "value": agent_id } } })).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = call(json!({ "type": "GET_AGENTS" })).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["get_agents"]["agents"][0]["deactivated"], true);
+    let (status, body) =
+        call(json!({ "type": "REACTIVATE_AGENT", "reactivate_agent": { "agent_id": { "value": agent_id } } })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(json!({ "type": "DRAIN_AGENT", "drain_agent": {} })).await;
+    assert_eq!(status, 400, "the agent id is required");
+}
