@@ -1,5 +1,8 @@
 //! `atoll lb`: follows the master's event stream and keeps this node's eBPF maps serving every
-//! VIP the cluster state names.
+//! VIP the cluster state names. The master is an Atoll master (gRPC), or with `--mesos-master`
+//! a Mesos master (its operator API, see [`crate::mesos`]); the same controller code applies
+//! either's snapshots and events, and on Mesos gives named VIPs their hashed addresses
+//! ([`atoll_lb_core::vips::hashed_assignments`]) since no master assigns them there.
 //!
 //! One task, the [`Controller`], owns the three pieces of state — the VIP projection (cluster
 //! state → services), the data-plane plan (services → map contents and the order of writes)
@@ -18,10 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atoll_lb_core::dataplane::{DataplanePlan, MapOp, PlanError};
-use atoll_lb_core::vips::{Service, VipProjection};
+use atoll_lb_core::vips::mesos::Converted;
+use atoll_lb_core::vips::{Service, VipProjection, sync_hashed_assignments};
 use atoll_lb_core::{DisplayKey, ServiceKey, key_parts, protocol_name};
 use atoll_lb_l4::{Dataplane, L4Error};
-use atoll_proto::model::StreamMessage;
+use atoll_proto::model::{ClusterState, Event, StreamMessage};
 use atoll_proto::pb::v1::operator as opb;
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
@@ -269,6 +273,13 @@ impl Controller {
     /// Follows the master's event stream forever, resubscribing after every disconnect (each
     /// subscription starts with a snapshot: this daemon keeps no cluster state of its own).
     async fn follow(&mut self, queries: &mut mpsc::Receiver<Query>) {
+        match self.options.mesos_master.clone() {
+            Some(url) => self.follow_mesos(&url, queries).await,
+            None => self.follow_atoll(queries).await,
+        }
+    }
+
+    async fn follow_atoll(&mut self, queries: &mut mpsc::Receiver<Query>) {
         let url = self.options.master.clone();
         let mut retry = Duration::from_millis(100);
         let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
@@ -302,53 +313,146 @@ impl Controller {
                     }
                 },
             }
-            // The maps keep serving what they have; keep answering queries meanwhile.
-            let sleep = tokio::time::sleep(retry);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    Some(query) = queries.recv() => self.answer(query),
-                    _ = save_tick.tick() => self.save_if_due(),
-                }
-            }
+            self.wait_answering(retry, queries, &mut save_tick).await;
             retry = (retry * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// Follows a Mesos master's operator API event stream forever. Each subscription starts
+    /// with the whole state, so a new one simply starts over.
+    async fn follow_mesos(&mut self, url: &str, queries: &mut mpsc::Receiver<Query>) {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let mut retry = crate::mesos::MIN_RETRY;
+        let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
+        loop {
+            let lived = match crate::mesos::Subscription::open(&http, url).await {
+                Err(e) => {
+                    tracing::warn!("no Mesos event stream: {e}");
+                    None
+                }
+                Ok(mut subscription) => {
+                    tracing::info!("following the Mesos master at {url}");
+                    self.metrics.connected.set(1);
+                    let opened = Instant::now();
+                    loop {
+                        tokio::select! {
+                            next = subscription.next() => match next {
+                                Ok(Some(converted)) => self.on_converted(converted),
+                                Ok(None) => {
+                                    tracing::warn!("the Mesos master at {url} ended the event stream");
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!("Mesos event stream: {e}");
+                                    break;
+                                }
+                            },
+                            Some(query) = queries.recv() => self.answer(query),
+                            _ = save_tick.tick() => self.save_if_due(),
+                        }
+                    }
+                    self.metrics.connected.set(0);
+                    Some(opened.elapsed())
+                }
+            };
+            retry = crate::mesos::next_retry(retry, lived);
+            self.wait_answering(retry, queries, &mut save_tick).await;
+        }
+    }
+
+    /// Waits before subscribing again. The maps keep serving what they have; queries are
+    /// answered meanwhile.
+    async fn wait_answering(
+        &mut self,
+        duration: Duration,
+        queries: &mut mpsc::Receiver<Query>,
+        save_tick: &mut tokio::time::Interval,
+    ) {
+        let sleep = tokio::time::sleep(duration);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                Some(query) = queries.recv() => self.answer(query),
+                _ = save_tick.tick() => self.save_if_due(),
+            }
+        }
+    }
+
     fn on_message(&mut self, message: StreamMessage) {
-        let started = Instant::now();
         match message {
-            StreamMessage::Snapshot { state } => {
-                self.projection.reset(&state, &BTreeMap::new());
-                self.log_problems();
-                self.sync_all();
-                if self.reprogram {
-                    self.reprogram = false;
-                    self.reprogram_maps();
-                }
-                tracing::info!(
-                    index = state.index,
-                    services = self.plan.service_count(),
-                    "synchronized with the master"
-                );
-            }
-            StreamMessage::Event { event } => {
-                let changed = self.projection.apply(&event);
-                self.log_problems();
-                if !changed.is_empty() {
-                    self.sync(changed);
-                }
-            }
+            StreamMessage::Snapshot { state } => self.on_snapshot(&state),
+            StreamMessage::Event { event } => self.on_events(std::slice::from_ref(&event)),
             StreamMessage::FellBehind { requested, oldest_retained } => {
                 tracing::warn!(requested, oldest_retained, "fell behind the event log; a snapshot follows");
-                return;
             }
-            StreamMessage::Heartbeat => return,
+            StreamMessage::Heartbeat => {}
         }
+    }
+
+    fn on_converted(&mut self, converted: Converted) {
+        match converted {
+            Converted::Snapshot(state) => self.on_snapshot(&state),
+            Converted::Events(events) if events.is_empty() => {}
+            Converted::Events(events) => self.on_events(&events),
+        }
+    }
+
+    /// Starts over from the whole state.
+    fn on_snapshot(&mut self, state: &ClusterState) {
+        let started = Instant::now();
+        self.projection.reset(state, &BTreeMap::new());
+        self.assign_hashed();
+        self.log_problems();
+        self.sync_all();
+        if self.reprogram {
+            self.reprogram = false;
+            self.reprogram_maps();
+        }
+        tracing::info!(index = state.index, services = self.plan.service_count(), "synchronized with the master");
+        self.applied(started);
+    }
+
+    /// Folds in events, then reprograms what they changed.
+    fn on_events(&mut self, events: &[Event]) {
+        let started = Instant::now();
+        let mut changed = Vec::new();
+        for event in events {
+            changed.extend(self.projection.apply(event));
+        }
+        changed.extend(self.assign_hashed());
+        self.log_problems();
+        if !changed.is_empty() {
+            self.sync(changed);
+        }
+        self.applied(started);
+    }
+
+    fn applied(&self, started: Instant) {
         self.metrics.event_index.set(self.projection.index() as i64);
         self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         self.publish_sizes();
+    }
+
+    /// On a Mesos master, gives the named VIPs the tasks carry their hashed addresses (an Atoll
+    /// master's come with its events); returns the keys that changed.
+    fn assign_hashed(&mut self) -> Vec<ServiceKey> {
+        if self.options.mesos_master.is_none() {
+            return Vec::new();
+        }
+        let (changed, unassigned) = sync_hashed_assignments(&mut self.projection, self.options.vip_pool);
+        if !unassigned.is_empty() {
+            tracing::warn!(
+                "the VIP pool {} has no room for {} named VIP(s), not served: {}",
+                self.options.vip_pool,
+                unassigned.len(),
+                unassigned.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            );
+        }
+        changed
     }
 
     fn log_problems(&mut self) {

@@ -1,4 +1,5 @@
-//! `atoll lb`, the load balancer daemon of a node: it follows the master's event stream,
+//! `atoll lb`, the load balancer daemon of a node: it follows the master's event stream (an
+//! Atoll master's, or with `--mesos-master` a Mesos master's operator API: [`mesos`]),
 //! projects it onto the VIP services this node must serve (`atoll-lb-core`), and keeps the
 //! eBPF dataplane's maps (`atoll-lb-l4`) in step — one writer of those maps per node. It also
 //! owns the VIP pool's blackhole route, and serves `/metrics` with per-VIP counters read from
@@ -6,6 +7,7 @@
 
 pub mod daemon;
 pub mod http;
+pub mod mesos;
 pub mod metrics;
 pub mod settings;
 

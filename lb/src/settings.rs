@@ -72,6 +72,11 @@ pub struct LbSettings {
     /// Atoll master URL (the global --master on the command line) [default: http://127.0.0.1:5050]
     #[arg(skip)]
     pub master: Option<String>,
+    /// Follow an Apache Mesos master instead of an Atoll master (drop-in for DC/OS's
+    /// dcos-l4lb): its operator API's event stream, e.g. http://mesos-master:5050. Named VIPs
+    /// then get addresses hashed from their names, the same on every node
+    #[arg(long)]
+    pub mesos_master: Option<String>,
 }
 
 /// What the daemon runs with.
@@ -82,6 +87,8 @@ pub struct LbOptions {
     pub data_dir: PathBuf,
     pub vip_pool: Ipv4Network,
     pub master: String,
+    /// Follow this Mesos master (its base URL, without a trailing slash) instead of `master`.
+    pub mesos_master: Option<String>,
 }
 
 impl LbOptions {
@@ -120,6 +127,7 @@ impl LbSettings {
             max_sockets: self.max_sockets.or(file.max_sockets),
             max_flows: self.max_flows.or(file.max_flows),
             master: self.master.or(file.master),
+            mesos_master: self.mesos_master.or(file.mesos_master),
         }
     }
 
@@ -173,14 +181,38 @@ impl LbSettings {
         if vip_pool.prefix() < 8 {
             return Err(invalid("vip-pool", format!("{vip_pool} is wider than a /8: it would blackhole too much")));
         }
+        let mesos_master = match self.mesos_master {
+            Some(_) if self.master.is_some() => {
+                return Err(invalid(
+                    "mesos-master",
+                    "follows a Mesos master instead of an Atoll master: leave out --master (and ATOLL_MASTER)",
+                ));
+            }
+            Some(url) => Some(check_mesos_url(&url)?),
+            None => None,
+        };
         Ok(LbOptions {
             l4,
             http_listen: self.http_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8124))),
             data_dir: self.data_dir.unwrap_or_else(|| atoll_proto::paths::default_data_dir("lb")),
             vip_pool,
             master: self.master.unwrap_or_else(|| "http://127.0.0.1:5050".into()),
+            mesos_master,
         })
     }
+}
+
+/// A Mesos master's base URL: `http://host[:port]`, returned without a trailing slash (the
+/// daemon appends `/api/v1`). Plain HTTP only: this build's HTTP client has no TLS.
+fn check_mesos_url(url: &str) -> Result<String, SettingsError> {
+    let base = url.trim().trim_end_matches('/');
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Err(invalid("mesos-master", format!("`{url}` is not an http:// URL (e.g. http://mesos-master:5050)")));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(invalid("mesos-master", format!("`{url}` names no host")));
+    }
+    Ok(base.to_owned())
 }
 
 #[cfg(test)]
@@ -211,6 +243,24 @@ mod tests {
             error_key(LbSettings { vip_pool: Some("10.0.0.0/7".parse().unwrap()), ..Default::default() }),
             "vip-pool"
         );
+    }
+
+    #[test]
+    fn a_mesos_master_replaces_the_atoll_master() {
+        let file: LbSettings = toml::from_str("mesos-master = \"http://mesos.example:5050/\"\n").unwrap();
+        let options = LbSettings::default().over(file).resolve().unwrap();
+        assert_eq!(options.mesos_master.as_deref(), Some("http://mesos.example:5050"));
+        assert_eq!(LbSettings::default().resolve().unwrap().mesos_master, None);
+        let both = LbSettings {
+            master: Some("http://127.0.0.1:5050".into()),
+            mesos_master: Some("http://mesos.example:5050".into()),
+            ..Default::default()
+        };
+        assert_eq!(error_key(both), "mesos-master");
+        for bad in ["mesos.example:5050", "https://mesos.example", "http://", "http:///api"] {
+            let settings = LbSettings { mesos_master: Some(bad.into()), ..Default::default() };
+            assert_eq!(error_key(settings), "mesos-master", "{bad}");
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Lb {
     pub http_port: u16,
     pub log: PathBuf,
     master: String,
+    /// Follow the master through its Mesos operator API (`--mesos-master`) instead.
+    mesos: bool,
     child: Option<Child>,
 }
 
@@ -82,12 +84,21 @@ impl Lb {
             http_port: free_port(),
             log: cluster.dir.path().join("lb.log"),
             master: cluster.master_url(),
+            mesos: false,
             child: None,
         })
     }
 
+    /// An lb that follows the cluster as it would a Mesos master: `--mesos-master`.
+    pub fn new_mesos(cluster: &Cluster) -> anyhow::Result<Lb> {
+        let mut lb = Lb::new(cluster)?;
+        lb.mesos = true;
+        Ok(lb)
+    }
+
     fn settings(&self) -> Vec<String> {
-        let mut args: Vec<String> = vec!["lb".into(), "--master".into(), self.master.clone()];
+        let source = if self.mesos { "--mesos-master" } else { "--master" };
+        let mut args: Vec<String> = vec!["lb".into(), source.into(), self.master.clone()];
         for (flag, value) in [
             ("--http-listen", format!("127.0.0.1:{}", self.http_port)),
             ("--data-dir", self.data_dir.display().to_string()),

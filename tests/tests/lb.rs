@@ -254,3 +254,25 @@ fn restarting_the_lb_keeps_vip_connections_working_and_it_continues_with_its_map
         }
     });
 }
+
+#[test]
+fn following_the_mesos_operator_api_serves_named_vips_at_hashed_addresses() {
+    if !require_root("the lb tests (BPF, cgroups, network namespaces)") {
+        return;
+    }
+    in_private_netns(async || {
+        let cluster = Cluster::start().await.unwrap();
+        // The drop-in for dcos-l4lb: no Atoll master behind it, only Mesos's operator API
+        // (which the Atoll master also speaks), so addresses come from hashing the names.
+        let mut lb = Lb::new_mesos(&cluster).unwrap();
+        lb.start().await.unwrap();
+        deploy(&cluster, &backend_app("mesosvip", 2)).await;
+        let tcp = lb.wait_service(80, "tcp", 2).await.unwrap();
+        let vip = tcp["address"].as_str().unwrap().to_owned();
+        assert!(vip.starts_with("198.19."), "{tcp}");
+        assert_eq!(tcp["names"], json!(["mesosvip.marathon"]));
+        let result = lb.client(&["tcp", &vip, "80", "200"]).await.unwrap();
+        assert_eq!(result["errors"], 0, "{result}");
+        assert_even("200 TCP connections", &counts(&result), &active_backends(&tcp), 200, 0.5);
+    });
+}

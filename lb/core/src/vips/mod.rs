@@ -9,9 +9,14 @@
 //!   same address for a name.
 //! - [`VipProjection`]: cluster state + events + assignments → [`Service`]s with weighted
 //!   [`BackendSpec`]s, incrementally, returning the service keys each input changed.
+//! - [`mesos`]: a Mesos master's operator API event stream → the same cluster state and
+//!   events, for nodes that follow a Mesos master instead of an Atoll one; there, with no master
+//!   to assign them, named VIPs get [`hashed_assignments`]: the same on every node.
 
 mod allocator;
+mod hashed;
 mod label;
+pub mod mesos;
 mod projection;
 
 use std::fmt;
@@ -20,6 +25,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use allocator::{DEFAULT_VIP_POOL, VipAllocator, VipError};
+pub use hashed::{HashedAssignments, hashed_assignments, sync_hashed_assignments};
 pub use label::{LabelError, LabelProblem, PortVip, VipLabel, is_vip_label_key, parse_protocols, task_port_vips};
 pub use projection::VipProjection;
 
