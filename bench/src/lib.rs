@@ -95,7 +95,10 @@ pub fn other_builds() -> String {
             entries
                 .filter_map(Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-                .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc"))
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| matches!(c.trim(), "rustc" | "clippy-driver" | "rustdoc" | "cargo-nextest"))
+                })
                 .count()
         })
         .unwrap_or(0);
@@ -104,8 +107,10 @@ pub fn other_builds() -> String {
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned());
     match running {
-        0 => format!("none (no rustc process), 1-minute load average {load}"),
-        n => format!("{n} rustc process(es) running, 1-minute load average {load}: the numbers are contended"),
+        0 => format!("none (no rustc, clippy-driver, rustdoc or nextest process), 1-minute load average {load}"),
+        n => format!(
+            "{n} compiler or test-runner process(es) running, 1-minute load average {load}: the numbers are contended"
+        ),
     }
 }
 
