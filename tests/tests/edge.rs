@@ -144,18 +144,32 @@ async fn a_killed_backend_gets_no_new_requests_and_finishes_its_own() {
     let route = edge.wait_route("/drain:0", 3).await.unwrap();
     let original: BTreeSet<String> = backends_in(&route, "active").into_iter().collect();
 
-    // Round robin: three slow requests in a row, one per backend.
+    // Slow requests until every backend has one in flight (the edge's admin API counts them).
     let client = reqwest::Client::new();
     let mut slow = Vec::new();
-    for _ in 0..3 {
-        let (client, url) = (client.clone(), edge.url("/slow?ms=3000"));
+    for _ in 0..12 {
+        let (client, url) = (client.clone(), edge.url("/slow?ms=4000"));
         slow.push(tokio::spawn(async move {
             let response = client.get(url).header(reqwest::header::HOST, "drain.example").send().await.unwrap();
             (response.status().as_u16(), response.text().await.unwrap())
         }));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let routes = edge.routes().await.unwrap();
+        let route = routes["routes"].as_array().unwrap().iter().find(|r| r["id"] == "/drain:0").unwrap().clone();
+        if route["backends"].as_array().unwrap().iter().all(|b| b["in_flight"].as_u64().unwrap_or(0) > 0) {
+            break;
+        }
     }
-    let victim = original.iter().next().unwrap().clone();
+    let routes = edge.routes().await.unwrap();
+    let route = routes["routes"].as_array().unwrap().iter().find(|r| r["id"] == "/drain:0").unwrap().clone();
+    let victim = route["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["in_flight"].as_u64().unwrap_or(0) > 0)
+        .and_then(|b| b["task"].as_str())
+        .expect("a backend with a request in flight")
+        .to_owned();
     let (status, body) = cluster.post(&format!("/v1/tasks/{victim}/kill"), &json!({})).await.unwrap();
     assert_eq!(status, 202, "{body}");
     wait_for("the killed task to drain in the edge", LONG, async || {
@@ -177,7 +191,8 @@ async fn a_killed_backend_gets_no_new_requests_and_finishes_its_own() {
         assert_eq!(status, 200, "a request in flight failed: {body}");
         answered.insert(json_of(&body)["task"].as_str().unwrap().to_owned());
     }
-    assert_eq!(answered, original, "the killed backend finished the request it had");
+    assert!(answered.contains(&victim), "the killed backend finished the requests it had: {answered:?}");
+    assert!(answered.is_subset(&original), "{answered:?}");
 }
 
 #[tokio::test]

@@ -59,8 +59,16 @@ impl EdgeState {
         self.snapshot.load_full()
     }
 
-    /// Replaces the table; requests in flight keep the one they started with.
+    /// Replaces the table; requests in flight keep the one they started with. Round robin
+    /// positions carry over for routes that stay, so frequent updates do not send every new
+    /// table's first requests to the same backend.
     pub fn publish(&self, snapshot: Snapshot) {
+        let previous = self.snapshot.load();
+        for (route, counter) in &snapshot.counters {
+            if let Some(old) = previous.counters.get(route) {
+                counter.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
         let backends: std::collections::HashSet<SocketAddr> =
             snapshot.table.routes().iter().flat_map(|r| r.backends.iter().map(|b| b.address)).collect();
         self.outliers.lock().unwrap_or_else(|p| p.into_inner()).retain(|a| backends.contains(a));
@@ -137,5 +145,45 @@ impl EdgeState {
     /// Requests being served now (a graceful stop waits for them).
     pub fn requests_in_flight(&self) -> u64 {
         self.requests_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use atoll_lb_core::edge::{EdgeApp, EdgeApps, EdgePort, EdgeTask, RouteTable, TaskHealth};
+
+    use super::*;
+
+    fn table(hosts: &[&str]) -> RouteTable {
+        let apps = hosts
+            .iter()
+            .map(|host| EdgeApp {
+                id: format!("/{host}"),
+                labels: [("ATOLL_EDGE_0_HOST".to_owned(), host.to_string())].into(),
+                ports: vec![EdgePort::default()],
+                tasks: vec![EdgeTask {
+                    id: "t".into(),
+                    health: TaskHealth::Ready,
+                    endpoints: vec![Some(SocketAddr::from(([127, 0, 0, 1], 8000)))],
+                }],
+                instances: 1,
+                has_health_checks: false,
+            })
+            .collect();
+        RouteTable::build(&EdgeApps { apps }, "external")
+    }
+
+    #[test]
+    fn round_robin_positions_survive_a_new_table() {
+        let state = EdgeState::new(crate::EdgeSettings::default().resolve().unwrap());
+        state.publish(Snapshot::new(table(&["a.example", "b.example"]), 1));
+        for _ in 0..3 {
+            state.next_counter("/a.example:0");
+        }
+        state.publish(Snapshot::new(table(&["a.example", "c.example"]), 2));
+        assert_eq!(state.next_counter("/a.example:0"), 3, "the route stayed: its position too");
+        assert_eq!(state.next_counter("/c.example:0"), 0, "a new route starts at 0");
     }
 }
