@@ -9,6 +9,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::daemon::{Query, Shared};
+use atoll_proto::recordio::RecordIo;
+
 use crate::projection::Projection;
 
 /// Polling interval without the event stream (Mesos-DNS refreshes every 60 s; a shorter one
@@ -16,8 +18,6 @@ use crate::projection::Projection;
 const POLL: Duration = Duration::from_secs(5);
 /// Events arriving together cause one refresh.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Largest RecordIO record accepted (a whole cluster's SUBSCRIBED state fits comfortably).
-const MAX_RECORD: usize = 256 << 20;
 
 /// Why a Mesos master could not be followed this time.
 #[derive(Debug, thiserror::Error)]
@@ -26,42 +26,6 @@ pub enum MesosError {
     Http { url: String, message: String },
     #[error("{url}: bad RecordIO framing: {message}")]
     Framing { url: String, message: String },
-}
-
-/// Splits a RecordIO byte stream (`<length>\n<bytes>…`) into records.
-#[derive(Default)]
-pub struct RecordIo {
-    buffer: Vec<u8>,
-}
-
-impl RecordIo {
-    /// Feeds bytes; returns the complete records they finish.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-        self.buffer.extend_from_slice(bytes);
-        let mut records = Vec::new();
-        loop {
-            let Some(newline) = self.buffer.iter().position(|&b| b == b'\n') else {
-                if self.buffer.len() > 20 {
-                    return Err("no length line within 20 bytes".into());
-                }
-                break;
-            };
-            let length: usize =
-                std::str::from_utf8(&self.buffer[..newline]).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(
-                    || format!("`{}` is not a record length", String::from_utf8_lossy(&self.buffer[..newline])),
-                )?;
-            if length > MAX_RECORD {
-                return Err(format!("record of {length} bytes is over the {MAX_RECORD}-byte limit"));
-            }
-            if self.buffer.len() < newline + 1 + length {
-                break;
-            }
-            let record = self.buffer[newline + 1..newline + 1 + length].to_vec();
-            self.buffer.drain(..newline + 1 + length);
-            records.push(record);
-        }
-        Ok(records)
-    }
 }
 
 /// Follows a Mesos master forever.
@@ -148,7 +112,7 @@ async fn subscribe(
                 Some(Ok(bytes)) => {
                     let records = framing
                         .feed(&bytes)
-                        .map_err(|message| MesosError::Framing { url: url.clone(), message })?;
+                        .map_err(|e| MesosError::Framing { url: url.clone(), message: e.to_string() })?;
                     // Heartbeats change nothing; anything else may.
                     pending |= records.iter().any(|r| !is_heartbeat(r));
                 }
@@ -192,20 +156,5 @@ async fn refresh(http: &reqwest::Client, base: &str, projection: &mut Projection
             Err(e) => tracing::warn!("{url}: {e}"),
         },
         Err(e) => tracing::warn!("{url}: not JSON: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recordio_frames_split_across_chunks() {
-        let mut io = RecordIo::default();
-        assert_eq!(io.feed(b"5\nhel").unwrap(), Vec::<Vec<u8>>::new());
-        assert_eq!(io.feed(b"lo3\nabc2").unwrap(), vec![b"hello".to_vec(), b"abc".to_vec()]);
-        assert_eq!(io.feed(b"\nhi").unwrap(), vec![b"hi".to_vec()]);
-        assert!(io.feed(b"x\n").is_err());
-        assert!(RecordIo::default().feed(b"99999999999\n").is_err());
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use atoll_lb_core::vips::mesos::{Converted, MesosConverter, hostnames};
 use atoll_proto::model::Time;
+use atoll_proto::recordio::{RecordIo, RecordIoError};
 use serde_json::Value;
 
 /// The shortest wait before subscribing again: a master that ends every stream at once (or
@@ -21,8 +22,6 @@ pub const MIN_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_RETRY: Duration = Duration::from_secs(30);
 /// A stream that lived this long was a good one: the next wait starts short again.
 pub const STABLE: Duration = Duration::from_secs(60);
-/// Largest RecordIO record accepted (a whole cluster's `SUBSCRIBED` state fits comfortably).
-const MAX_RECORD: usize = 256 << 20;
 /// The heartbeat interval assumed until `SUBSCRIBED` names one (Mesos's default).
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Heartbeats missed in a row after which the stream is taken for dead (dcos-net waits as
@@ -44,62 +43,6 @@ pub enum MesosError {
     Framing { url: String, source: RecordIoError },
     #[error("{url}: silent for {silence:?} (the master sends a heartbeat every {heartbeat:?})")]
     Silent { url: String, silence: Duration, heartbeat: Duration },
-}
-
-/// Why a RecordIO stream cannot be split (it is then abandoned).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordIoError {
-    #[error("bad RecordIO framing: `{0}` is not a record length")]
-    BadLength(String),
-    #[error("bad RecordIO framing: no record length within 20 bytes")]
-    NoLength,
-    #[error("RecordIO record of {length} bytes is over the {max}-byte limit")]
-    TooLong { length: usize, max: usize },
-}
-
-/// Splits a RecordIO byte stream (`<decimal length>\n<bytes>`…) into records, whatever the
-/// chunks it arrives in.
-#[derive(Debug)]
-pub struct RecordIo {
-    buffer: Vec<u8>,
-    max_record: usize,
-}
-
-impl Default for RecordIo {
-    fn default() -> RecordIo {
-        RecordIo { buffer: Vec::new(), max_record: MAX_RECORD }
-    }
-}
-
-impl RecordIo {
-    /// Feeds bytes; returns the records they complete, in order.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, RecordIoError> {
-        self.buffer.extend_from_slice(bytes);
-        let mut records = Vec::new();
-        let mut start = 0;
-        loop {
-            let rest = &self.buffer[start..];
-            let Some(newline) = rest.iter().position(|&b| b == b'\n') else {
-                if rest.len() > 20 {
-                    return Err(RecordIoError::NoLength);
-                }
-                break;
-            };
-            let line = String::from_utf8_lossy(&rest[..newline]);
-            let length: usize = line.trim().parse().map_err(|_| RecordIoError::BadLength(line.clone().into_owned()))?;
-            if length > self.max_record {
-                return Err(RecordIoError::TooLong { length, max: self.max_record });
-            }
-            if rest.len() < newline + 1 + length {
-                break;
-            }
-            records.push(rest[newline + 1..newline + 1 + length].to_vec());
-            start += newline + 1 + length;
-        }
-        // One drain per chunk, not per record: a chunk holding many small records stays linear.
-        self.buffer.drain(..start);
-        Ok(records)
-    }
 }
 
 /// The next wait before subscribing again, after waiting `retry` last time and a stream that
@@ -260,18 +203,6 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-
-    #[test]
-    fn recordio_frames_split_across_chunks() {
-        let mut io = RecordIo::default();
-        assert_eq!(io.feed(b"5\nhel").unwrap(), Vec::<Vec<u8>>::new());
-        assert_eq!(io.feed(b"lo3\nabc2").unwrap(), vec![b"hello".to_vec(), b"abc".to_vec()]);
-        assert_eq!(io.feed(b"\nhi0\n").unwrap(), vec![b"hi".to_vec(), b"".to_vec()]);
-        assert_eq!(io.feed(b"x\n"), Err(RecordIoError::BadLength("x".into())));
-        assert_eq!(RecordIo::default().feed(&[b'1'; 21]), Err(RecordIoError::NoLength));
-        let mut small = RecordIo { buffer: Vec::new(), max_record: 4 };
-        assert_eq!(small.feed(b"5\n"), Err(RecordIoError::TooLong { length: 5, max: 4 }));
-    }
 
     #[test]
     fn retries_wait_at_least_a_second_and_back_off() {

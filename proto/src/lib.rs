@@ -27,3 +27,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod convert;
 pub mod model;
 pub mod paths;
+pub mod recordio;

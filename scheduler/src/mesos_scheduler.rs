@@ -176,9 +176,7 @@ fn with_meaningful_zero_enums(value: &mut serde_json::Value, descriptor: &Messag
 
 /// `<length>\n<record>`.
 pub fn record_io(record: &[u8]) -> Bytes {
-    let mut framed = format!("{}\n", record.len()).into_bytes();
-    framed.extend_from_slice(record);
-    Bytes::from(framed)
+    Bytes::from(atoll_proto::recordio::frame(record))
 }
 
 /// The media type of a header value, without parameters, lowercase.
