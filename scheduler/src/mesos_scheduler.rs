@@ -417,4 +417,130 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         assert!(matches!(request_encoding(&headers), Err(MesosApiError::UnsupportedMediaType(_))));
     }
+
+    /// Every call type and every event type survives both wires: protobuf bytes, and Mesos's
+    /// JSON read back.
+    #[test]
+    fn every_call_and_event_round_trips_through_json_and_protobuf() {
+        use atoll_proto::pb::v1 as pb;
+        use spb::call::Type as C;
+        let fid = Some(pb::FrameworkId { value: "f-1".into() });
+        let oid = pb::OfferId { value: "o-1".into() };
+        let tid = Some(pb::TaskId { value: "t-1".into() });
+        let aid = Some(pb::AgentId { value: "a-1".into() });
+        let task = pb::TaskInfo {
+            name: "web".into(),
+            task_id: tid.clone(),
+            agent_id: aid.clone(),
+            resources: vec![pb::Resource {
+                name: "cpus".into(),
+                r#type: pb::value::Type::Scalar as i32,
+                scalar: Some(pb::value::Scalar { value: 0.5 }),
+                ..Default::default()
+            }],
+            command: Some(pb::CommandInfo { value: "sleep 1".into(), shell: Some(true), ..Default::default() }),
+            ..Default::default()
+        };
+        let filters = Some(pb::Filters { refuse_seconds: Some(2.5) });
+        let base = |kind: C| spb::Call { framework_id: fid.clone(), r#type: kind as i32, ..Default::default() };
+        let calls = vec![
+            spb::Call {
+                subscribe: Some(spb::call::Subscribe {
+                    framework_info: Some(pb::FrameworkInfo {
+                        user: "root".into(),
+                        name: "rt".into(),
+                        ..Default::default()
+                    }),
+                }),
+                ..base(C::Subscribe)
+            },
+            base(C::Teardown),
+            spb::Call {
+                accept: Some(spb::call::Accept {
+                    offer_ids: vec![oid.clone()],
+                    operations: vec![pb::offer::Operation {
+                        r#type: pb::offer::operation::Type::Launch as i32,
+                        launch: Some(pb::offer::operation::Launch { task_infos: vec![task] }),
+                    }],
+                    filters,
+                }),
+                ..base(C::Accept)
+            },
+            spb::Call { decline: Some(spb::call::Decline { offer_ids: vec![oid], filters }), ..base(C::Decline) },
+            spb::Call { revive: Some(spb::call::Revive { roles: vec!["web".into()] }), ..base(C::Revive) },
+            spb::Call { suppress: Some(spb::call::Suppress { roles: vec!["web".into()] }), ..base(C::Suppress) },
+            spb::Call {
+                kill: Some(spb::call::Kill { task_id: tid.clone(), agent_id: aid.clone(), kill_policy: None }),
+                ..base(C::Kill)
+            },
+            spb::Call {
+                acknowledge: Some(spb::call::Acknowledge {
+                    agent_id: aid.clone(),
+                    task_id: tid.clone(),
+                    uuid: vec![1, 2, 3, 250],
+                }),
+                ..base(C::Acknowledge)
+            },
+            spb::Call {
+                reconcile: Some(spb::call::Reconcile {
+                    tasks: vec![spb::call::reconcile::Task { task_id: tid.clone(), agent_id: aid.clone() }],
+                }),
+                ..base(C::Reconcile)
+            },
+        ];
+        for call in calls {
+            let json = serde_json::to_vec(&mesos_json(&call, "atoll.v1.scheduler.Call")).unwrap();
+            assert_eq!(decode_call(Encoding::Json, &json).unwrap(), call, "{}", String::from_utf8_lossy(&json));
+            assert_eq!(decode_call(Encoding::Protobuf, &call.encode_to_vec()).unwrap(), call);
+        }
+
+        use spb::event::Type as E;
+        let event = |kind: E| spb::Event { r#type: kind as i32, ..Default::default() };
+        let status =
+            pb::TaskStatus { task_id: tid.clone(), state: pb::TaskState::TaskRunning as i32, ..Default::default() };
+        let events = vec![
+            spb::Event {
+                subscribed: Some(spb::event::Subscribed {
+                    framework_id: fid.clone(),
+                    heartbeat_interval_seconds: 15.0,
+                    stream_id: "s".into(),
+                }),
+                ..event(E::Subscribed)
+            },
+            spb::Event {
+                offers: Some(spb::event::Offers {
+                    offers: vec![pb::Offer {
+                        id: Some(pb::OfferId { value: "o".into() }),
+                        agent_id: aid.clone(),
+                        ..Default::default()
+                    }],
+                }),
+                ..event(E::Offers)
+            },
+            spb::Event {
+                rescind: Some(spb::event::Rescind { offer_id: Some(pb::OfferId { value: "o".into() }) }),
+                ..event(E::Rescind)
+            },
+            spb::Event { update: Some(spb::event::Update { status: Some(status) }), ..event(E::Update) },
+            spb::Event {
+                failure: Some(spb::event::Failure { agent_id: aid.clone(), status: Some(9) }),
+                ..event(E::Failure)
+            },
+            spb::Event { error: Some(spb::event::Error { message: "gone".into() }), ..event(E::Error) },
+            event(E::Heartbeat),
+        ];
+        for event in events {
+            let bytes = encode_event(Encoding::Json, &event);
+            let mut json = serde_json::Deserializer::from_slice(&bytes);
+            let back = DynamicMessage::deserialize(message("atoll.v1.scheduler.Event"), &mut json)
+                .unwrap()
+                .transcode_to::<spb::Event>()
+                .unwrap();
+            assert_eq!(back, event, "{}", String::from_utf8_lossy(&bytes));
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let kind = value["type"].as_str().unwrap().to_ascii_lowercase();
+            assert!(kind == "heartbeat" || value.get(&kind).is_some(), "the payload is under `{kind}`: {value}");
+            assert_eq!(spb::Event::decode(encode_event(Encoding::Protobuf, &event).as_slice()).unwrap(), event);
+        }
+    }
 }
