@@ -473,3 +473,25 @@ async fn the_edge_stops_promptly_on_sigterm() {
     let (status, _) = edge.stop(libc::SIGTERM).unwrap();
     assert!(status.success(), "{status}\n{}", edge.logs());
 }
+
+#[tokio::test]
+async fn following_a_marathon_like_marathon_lb_routes_its_apps() {
+    let cluster = Cluster::start().await.unwrap();
+    // The drop-in for Marathon-LB: apps from Marathon's /v2/apps?embed=apps.tasks, which the
+    // Atoll master also serves.
+    let edge = Edge::start(&cluster, &["--marathon", &cluster.master_url()]).await.unwrap();
+    let mut app = http_app("/shop", 1, json!({ "HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": "shop.example" }));
+    deploy(&cluster, &app).await;
+    edge.wait_route("/shop:0", 1).await.unwrap();
+    let client = reqwest::Client::new();
+    let (status, body) = get(&client, &edge, "shop.example", "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(json_of(&body)["task"].as_str().unwrap().starts_with("shop."), "{body}");
+
+    app["instances"] = json!(2);
+    let response = cluster.http.put(format!("{}/v2/apps/shop", cluster.master_url())).json(&app).send().await.unwrap();
+    assert!(response.status().is_success());
+    edge.wait_route("/shop:0", 2).await.unwrap();
+    let routes = edge.routes().await.unwrap();
+    assert!(routes["index"].as_u64().unwrap() >= 2, "{routes}");
+}

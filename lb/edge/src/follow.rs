@@ -77,3 +77,68 @@ pub async fn follow_apps(state: Arc<EdgeState>, mut apps: tokio::sync::watch::Re
         }
     }
 }
+
+/// How often a followed Marathon is asked for its apps.
+const MARATHON_POLL: Duration = Duration::from_secs(1);
+
+/// Follows a Marathon as Marathon-LB does: its apps with their tasks (`/v2/apps?embed=apps.tasks`),
+/// agent host names resolved here, a new table whenever what they ask for changed.
+pub async fn follow_marathon(state: Arc<EdgeState>, url: String) {
+    let http = reqwest::Client::new();
+    let apps_url = format!("{url}/v2/apps?embed=apps.tasks");
+    let mut index = 0;
+    let mut last: Option<EdgeApps> = None;
+    let mut resolved: std::collections::HashMap<String, Option<std::net::IpAddr>> = std::collections::HashMap::new();
+    loop {
+        match fetch_marathon(&http, &apps_url).await {
+            Ok(mut marathon) => {
+                state.metrics.connected.set(1);
+                for app in &mut marathon.apps {
+                    for task in &mut app.tasks {
+                        if task.host.parse::<std::net::IpAddr>().is_ok() || task.host.is_empty() {
+                            continue;
+                        }
+                        if !resolved.contains_key(&task.host) {
+                            let ip = tokio::net::lookup_host((task.host.as_str(), 0))
+                                .await
+                                .ok()
+                                .and_then(|mut addrs| addrs.next())
+                                .map(|a| a.ip());
+                            resolved.insert(task.host.clone(), ip);
+                        }
+                        if let Some(Some(ip)) = resolved.get(&task.host) {
+                            task.host = ip.to_string();
+                        }
+                    }
+                }
+                let apps = marathon.to_edge_apps();
+                if last.as_ref() != Some(&apps) {
+                    index += 1;
+                    let table = RouteTable::build(&apps, &state.options.group);
+                    for problem in table.problems() {
+                        tracing::warn!("route labels: {problem}");
+                    }
+                    state.publish(Snapshot::new(table, index));
+                    last = Some(apps);
+                }
+            }
+            Err(e) => {
+                state.metrics.connected.set(0);
+                tracing::warn!("{apps_url}: {e}");
+            }
+        }
+        tokio::time::sleep(MARATHON_POLL).await;
+    }
+}
+
+async fn fetch_marathon(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<atoll_lb_core::edge::source::MarathonApps, String> {
+    let response = http.get(url).timeout(Duration::from_secs(10)).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&body).map_err(|e| format!("not Marathon's apps JSON: {e}"))
+}

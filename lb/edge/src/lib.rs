@@ -81,7 +81,11 @@ impl RunningEdge {
     /// Serves the routes of the master's cluster state until `shutdown` resolves; then stops
     /// accepting, gives the requests in flight the grace period to finish, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
-        self.serve_from(RouteSource::Master, shutdown).await
+        let source = match self.state.options.marathon.clone() {
+            Some(url) => RouteSource::Marathon(url),
+            None => RouteSource::Master,
+        };
+        self.serve_from(source, shutdown).await
     }
 
     /// [`RunningEdge::serve`] with the apps from `source`.
@@ -118,6 +122,7 @@ impl RunningEdge {
         let follower = match source {
             RouteSource::Master => tokio::spawn(follow::follow(state.clone())),
             RouteSource::Apps(apps) => tokio::spawn(follow::follow_apps(state.clone(), apps)),
+            RouteSource::Marathon(url) => tokio::spawn(follow::follow_marathon(state.clone(), url)),
         };
         let watcher = certificates.map(|dir| tokio::spawn(dir.watch(Duration::from_secs(2))));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -162,6 +167,8 @@ impl RunningEdge {
 pub enum RouteSource {
     /// The master's event stream (`options.master`).
     Master,
+    /// A Marathon's apps (`/v2/apps?embed=apps.tasks`), polled: Marathon-LB's own source.
+    Marathon(String),
     /// Apps handed over directly, each new value a new table: for embedding the edge and for
     /// benchmarks that change routes faster than a cluster would.
     Apps(tokio::sync::watch::Receiver<atoll_lb_core::edge::EdgeApps>),

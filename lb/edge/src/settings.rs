@@ -65,6 +65,11 @@ pub struct EdgeSettings {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub grace_period: Option<Duration>,
+    /// Follow a Marathon (`/v2/apps?embed=apps.tasks`, polled) instead of the Atoll master's
+    /// event stream: a drop-in for Marathon-LB on an existing Mesos/Marathon cluster, e.g.
+    /// http://marathon.mesos:8080
+    #[arg(long)]
+    pub marathon: Option<String>,
     /// Atoll master URL (the global --master on the command line) [default: http://127.0.0.1:5050]
     #[arg(skip)]
     pub master: Option<String>,
@@ -85,6 +90,7 @@ pub struct EdgeOptions {
     pub retries: u32,
     pub grace_period: Duration,
     pub master: String,
+    pub marathon: Option<String>,
 }
 
 impl EdgeSettings {
@@ -109,6 +115,7 @@ impl EdgeSettings {
             retries: self.retries.or(file.retries),
             grace_period: self.grace_period.or(file.grace_period),
             master: self.master.or(file.master),
+            marathon: self.marathon.or(file.marathon),
         }
     }
 
@@ -151,6 +158,13 @@ impl EdgeSettings {
             retries: self.retries.unwrap_or(2).min(16),
             grace_period: self.grace_period.unwrap_or(Duration::from_secs(5)),
             master: self.master.unwrap_or_else(|| "http://127.0.0.1:5050".into()),
+            marathon: match self.marathon {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(invalid("marathon", format!("`{url}` is not an http:// URL")));
+                }
+                Some(url) => Some(url.trim_end_matches('/').to_owned()),
+                None => None,
+            },
         })
     }
 }
