@@ -111,6 +111,16 @@ pub fn cleanup(options: &AgentOptions) -> Result<CleanupReport, AgentError> {
     }
 
     let sandboxes = layout.sandboxes();
+    // Executors no checkpoint names (an agent killed between spawning one and recording it):
+    // their task first (it leads its own process group), then the executor.
+    for executor in process::executors_under(&sandboxes) {
+        if let Some(task) = process::first_child(executor.pid) {
+            process::signal_group(&task, Signal::KILL);
+            process::kill_process(&task);
+        }
+        process::kill_process(&executor);
+        report.tasks_killed += 1;
+    }
     if sandboxes.exists() {
         remove_tree(&sandboxes)?;
         report.removed.push(sandboxes);

@@ -6,6 +6,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, Stdio};
@@ -268,6 +269,27 @@ pub fn append_note(path: &Path, note: &str) {
     }
 }
 
+/// Executors started for sandboxes under `sandboxes` (their command line is
+/// `… executor --spec <sandboxes>/…`), found in /proc: those an agent spawned but died before
+/// it recorded them.
+pub fn executors_under(sandboxes: &Path) -> Vec<ProcessRef> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.windows(3).any(|w| {
+                w[0] == b"executor"
+                    && w[1] == b"--spec"
+                    && Path::new(std::ffi::OsStr::from_bytes(w[2])).starts_with(sandboxes)
+            })
+        })
+        .filter_map(process_ref)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +352,44 @@ mod tests {
         assert!(!is_alive(&sleeper), "the zombie was reaped");
         // Already reaped above: this only tells std (and clippy) the child is dealt with.
         assert!(child.wait().is_err(), "ECHILD");
+    }
+    #[test]
+    fn executors_are_found_by_their_spec_under_the_sandboxes_and_killed_with_their_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandboxes = dir.path().join("sandboxes");
+        let spec = sandboxes.join("f/t/run/launch.json");
+        // Stands in for an executor: the same command-line shape, and a task leading its own
+        // session, as the executor starts it.
+        let mut fake = Command::new("python3")
+            .args([
+                "-c",
+                "import subprocess, time; subprocess.Popen(['sleep', '30'], start_new_session=True); time.sleep(30)",
+                "executor",
+                "--spec",
+            ])
+            .arg(&spec)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let task = loop {
+            // Once it leads its own process group (it calls setsid right after the fork).
+            if let Some(task) = first_child(fake.id()).filter(group_exists) {
+                break task;
+            }
+            assert!(std::time::Instant::now() < deadline, "the fake executor started no task");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let found = executors_under(&sandboxes);
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![fake.id()]);
+        assert!(executors_under(&dir.path().join("elsewhere")).is_empty());
+
+        assert!(signal_group(&task, Signal::KILL));
+        kill_process(&found[0]);
+        let _ = fake.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while group_exists(&task) {
+            assert!(std::time::Instant::now() < deadline, "the task outlived the kill");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
