@@ -89,6 +89,10 @@ enum Command {
         agent_id: AgentId,
         reply: oneshot::Sender<Result<Agent, MasterError>>,
     },
+    MarkGone {
+        agent_id: AgentId,
+        reply: oneshot::Sender<Result<Agent, MasterError>>,
+    },
     KillTask {
         task_id: TaskId,
         reply: oneshot::Sender<Result<Task, MasterError>>,
@@ -241,6 +245,10 @@ impl MasterHandle {
 
     pub async fn reactivate(&self, agent_id: AgentId) -> Result<Agent, ActorError> {
         Ok(self.ask(|reply| Command::Reactivate { agent_id, reply }).await??)
+    }
+
+    pub async fn mark_gone(&self, agent_id: AgentId) -> Result<Agent, ActorError> {
+        Ok(self.ask(|reply| Command::MarkGone { agent_id, reply }).await??)
     }
 
     pub async fn kill_task(&self, task_id: TaskId) -> Result<Task, ActorError> {
@@ -408,6 +416,10 @@ impl Actor {
             }
             Command::Reactivate { agent_id, reply } => {
                 let result = self.master.reactivate_agent(&agent_id, now);
+                answer(replies, reply, result);
+            }
+            Command::MarkGone { agent_id, reply } => {
+                let result = self.master.mark_agent_gone(&agent_id, now);
                 answer(replies, reply, result);
             }
             Command::KillTask { task_id, reply } => {

@@ -1,7 +1,8 @@
 //! The Mesos v1 operator HTTP API, `POST /api/v1` (and any path below it, as Mesos routes by
 //! prefix), in Mesos's JSON: the read calls (`GET_HEALTH`, `GET_VERSION`, `GET_FLAGS`,
 //! `GET_METRICS`, `GET_MASTER`, `GET_STATE`, `GET_AGENTS`, `GET_FRAMEWORKS`, `GET_TASKS`,
-//! `GET_ROLES`, `GET_WEIGHTS`), agent maintenance (`DRAIN_AGENT`, `REACTIVATE_AGENT`; Atoll
+//! `GET_ROLES`, `GET_WEIGHTS`), agent maintenance (`DRAIN_AGENT`, `REACTIVATE_AGENT`,
+//! `MARK_AGENT_GONE`; Atoll
 //! has no deactivation that keeps tasks running, so `DEACTIVATE_AGENT` is refused), and `SUBSCRIBE`: a RecordIO stream that starts with `SUBSCRIBED` (the
 //! whole state) and follows the master's own event log as `TASK_ADDED`, `TASK_UPDATED`,
 //! `AGENT_ADDED`, `AGENT_REMOVED`, `FRAMEWORK_ADDED`, `FRAMEWORK_UPDATED`, `FRAMEWORK_REMOVED`,
@@ -236,11 +237,15 @@ async fn handle(operator: Operator, headers: HeaderMap, body: Bytes) -> Result<R
             operator.master.reactivate(agent_id_of(&call, "reactivate_agent")?).await?;
             Ok(StatusCode::OK.into_response())
         }
+        "MARK_AGENT_GONE" => {
+            operator.master.mark_gone(agent_id_of(&call, "mark_agent_gone")?).await?;
+            Ok(StatusCode::OK.into_response())
+        }
         "SUBSCRIBE" => Ok(subscribe(operator)),
         other => Err(MesosApiError::BadRequest(format!(
             "{other} is not an operator call this master serves (GET_HEALTH, GET_VERSION, GET_FLAGS, GET_METRICS, \
              GET_MASTER, GET_STATE, GET_AGENTS, GET_FRAMEWORKS, GET_TASKS, GET_ROLES, GET_WEIGHTS, DRAIN_AGENT, \
-             REACTIVATE_AGENT, SUBSCRIBE)"
+             REACTIVATE_AGENT, MARK_AGENT_GONE, SUBSCRIBE)"
         ))),
     }
 }

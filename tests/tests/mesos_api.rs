@@ -302,4 +302,9 @@ async fn the_operator_api_answers_mesos_calls_and_streams_the_cluster() {
     assert_eq!(status, 200, "{body}");
     let (status, _) = call(json!({ "type": "DRAIN_AGENT", "drain_agent": {} })).await;
     assert_eq!(status, 400, "the agent id is required");
+    let gone = json!({ "type": "MARK_AGENT_GONE", "mark_agent_gone": { "agent_id": { "value": agent_id } } });
+    let (status, body) = call(gone.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(gone).await;
+    assert_eq!(status, 400, "already gone: {body}");
 }

@@ -1207,12 +1207,38 @@ impl Master {
     }
 
     fn mark_gone(&mut self, agent_id: &AgentId, now: Time) {
+        self.remove_gone_agent(
+            agent_id,
+            TaskState::Gone,
+            Reason::AgentRemoved,
+            &format!("agent {agent_id} stayed unreachable and was marked gone"),
+            now,
+        );
+    }
+
+    /// An operator says the agent is gone for good (Mesos's `MARK_AGENT_GONE`): its tasks are
+    /// TASK_GONE_BY_OPERATOR, its resources leave the allocator, and it may not come back.
+    pub fn mark_agent_gone(&mut self, agent_id: &AgentId, now: Time) -> Result<Agent, MasterError> {
+        let entry = self.agents.get(agent_id).ok_or_else(|| MasterError::UnknownAgent(agent_id.clone()))?;
+        if entry.view.state == AgentState::Gone {
+            return Err(MasterError::AgentGone(agent_id.clone()));
+        }
+        self.rescind_offers(|o| &o.agent_id == agent_id, now);
+        self.remove_gone_agent(
+            agent_id,
+            TaskState::GoneByOperator,
+            Reason::AgentRemovedByOperator,
+            &format!("agent {agent_id} was marked gone by an operator"),
+            now,
+        );
+        Ok(self.agent(agent_id).expect("exists"))
+    }
+
+    fn remove_gone_agent(&mut self, agent_id: &AgentId, state: TaskState, reason: Reason, message: &str, now: Time) {
         let Some(entry) = self.agents.get(agent_id) else { return };
         let tasks: Vec<TaskKey> = entry.tasks.iter().cloned().collect();
         for key in tasks {
-            let status = self
-                .master_status(&key, TaskState::Gone, now)
-                .with_reason(Reason::AgentRemoved, format!("agent {agent_id} stayed unreachable and was marked gone"));
+            let status = self.master_status(&key, state, now).with_reason(reason, message.to_owned());
             self.set_status_and_notify(&key, status, now);
         }
         self.allocator.remove_agent(agent_id);

@@ -1045,3 +1045,19 @@ fn named_vips_get_one_stable_address_per_name() {
     );
     assert_eq!(master.state().vips.len(), 2);
 }
+
+#[test]
+fn an_agent_marked_gone_by_an_operator_takes_its_tasks_and_resources_along() {
+    let mut c = Cluster::new(false);
+    c.launch("a", "cpus:1", t(1.0));
+    c.update("a", TaskState::Running, t(2.0));
+    let agent = c.agent.clone();
+    let gone = c.master.mark_agent_gone(&agent, t(3.0)).unwrap();
+    assert_eq!(gone.state, AgentState::Gone);
+    c.drain();
+    let task = c.master.find_task(&TaskId("a".into())).unwrap();
+    assert_eq!(task.state, TaskState::GoneByOperator);
+    assert!(c.offers(t(4.0)).is_empty(), "a gone agent is offered no more");
+    assert!(matches!(c.master.mark_agent_gone(&agent, t(5.0)), Err(MasterError::AgentGone(_))));
+    assert!(matches!(c.master.mark_agent_gone(&AgentId("nobody".into()), t(5.0)), Err(MasterError::UnknownAgent(_))));
+}
