@@ -44,6 +44,9 @@ pub fn cleanup(options: &AgentOptions) -> Result<CleanupReport, AgentError> {
     let cgroups = CgroupLayout::detect().ok();
     let scan = checkpoint::scan(&layout);
 
+    // Before anything else: what the agent had started but not recorded, so nothing new joins
+    // a cgroup about to be removed.
+    report.tasks_killed += kill_strays(layout.data_dir(), &layout.sandboxes());
     let live: Vec<_> = scan.runs.iter().filter(|r| r.completed_at.is_none()).collect();
     report.tasks_killed = live
         .iter()
@@ -111,16 +114,7 @@ pub fn cleanup(options: &AgentOptions) -> Result<CleanupReport, AgentError> {
     }
 
     let sandboxes = layout.sandboxes();
-    // Executors no checkpoint names (an agent killed between spawning one and recording it):
-    // their task first (it leads its own process group), then the executor.
-    for executor in process::executors_under(&sandboxes) {
-        if let Some(task) = process::first_child(executor.pid) {
-            process::signal_group(&task, Signal::KILL);
-            process::kill_process(&task);
-        }
-        process::kill_process(&executor);
-        report.tasks_killed += 1;
-    }
+    report.tasks_killed += kill_strays(layout.data_dir(), &sandboxes);
     if sandboxes.exists() {
         remove_tree(&sandboxes)?;
         report.removed.push(sandboxes);
@@ -136,6 +130,29 @@ pub fn cleanup(options: &AgentOptions) -> Result<CleanupReport, AgentError> {
         report.removed.push(layout.data_dir().to_path_buf());
     }
     Ok(report)
+}
+
+/// Kills the processes no checkpoint names ([`process::strays_of`]) — a task first (it leads
+/// its own process group), then its executor — and looks again a few times, since a fork of the
+/// dead agent may become an executor only now. Returns how many executors it killed.
+fn kill_strays(data_dir: &std::path::Path, sandboxes: &std::path::Path) -> usize {
+    let mut killed = 0;
+    for round in 0..5 {
+        let strays = process::strays_of(data_dir, sandboxes);
+        if strays.is_empty() && round > 0 {
+            break;
+        }
+        for stray in strays {
+            if let Some(task) = process::first_child(stray.pid) {
+                process::signal_group(&task, Signal::KILL);
+                process::kill_process(&task);
+            }
+            process::kill_process(&stray);
+            killed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killed
 }
 
 /// `remove_dir_all`, retried briefly: a process killed a moment ago may still be closing files

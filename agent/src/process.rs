@@ -269,22 +269,27 @@ pub fn append_note(path: &Path, note: &str) {
     }
 }
 
-/// Executors started for sandboxes under `sandboxes` (their command line is
-/// `… executor --spec <sandboxes>/…`), found in /proc: those an agent spawned but died before
-/// it recorded them.
-pub fn executors_under(sandboxes: &Path) -> Vec<ProcessRef> {
+/// Processes a dead agent of `data_dir` left that no checkpoint names, found in /proc:
+/// executors for sandboxes under `sandboxes` (`… executor --spec <sandboxes>/…`), and the
+/// agent's own forks that had not yet become an executor when it died (their command line is
+/// still the agent's, `… agent … --data-dir <data_dir>`). This process is never one of them.
+pub fn strays_of(data_dir: &Path, sandboxes: &Path) -> Vec<ProcessRef> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let own = std::process::id();
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
         .filter(|pid| {
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.windows(3).any(|w| {
-                w[0] == b"executor"
-                    && w[1] == b"--spec"
-                    && Path::new(std::ffi::OsStr::from_bytes(w[2])).starts_with(sandboxes)
-            })
+            let path = |arg: &[u8]| Path::new(std::ffi::OsStr::from_bytes(arg)).to_path_buf();
+            let executor =
+                args.windows(3).any(|w| w[0] == b"executor" && w[1] == b"--spec" && path(w[2]).starts_with(sandboxes));
+            let agent_fork = args.contains(&&b"agent"[..])
+                && !args.contains(&&b"--cleanup"[..])
+                && args.windows(2).any(|w| w[0] == b"--data-dir" && path(w[1]) == data_dir);
+            executor || agent_fork
         })
         .filter_map(process_ref)
         .collect()
@@ -379,9 +384,9 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the fake executor started no task");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let found = executors_under(&sandboxes);
+        let found = strays_of(dir.path(), &sandboxes);
         assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![fake.id()]);
-        assert!(executors_under(&dir.path().join("elsewhere")).is_empty());
+        assert!(strays_of(&dir.path().join("elsewhere"), &dir.path().join("elsewhere/sandboxes")).is_empty());
 
         assert!(signal_group(&task, Signal::KILL));
         kill_process(&found[0]);
