@@ -9,9 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use atoll_dns::projection::{DnsConfig, Masters, Projection};
 use atoll_dns::records::{Change, Name, RecordData, RecordSet, RecordType};
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, Attributes, ClusterState, CommandInfo, DiscoveryInfo, DiscoveryPort, Event, EventKind,
-    Framework, FrameworkId, FrameworkInfo, HealthCheck, HealthCheckKind, Labels, Resources, Task, TaskId, TaskInfo,
-    TaskState, Time,
+    Agent, AgentId, AgentState, ClusterState, CommandInfo, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework,
+    FrameworkId, FrameworkInfo, HealthCheck, HealthCheckKind, Labels, Resources, Task, TaskId, TaskInfo, TaskState,
+    Time,
 };
 use proptest::prelude::*;
 
@@ -20,29 +20,16 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn agent(id: &str, address: &str) -> Agent {
-    Agent {
-        id: AgentId::new(id),
-        hostname: format!("{id}.example"),
-        address: SocketAddr::new(ip(address), 5051),
-        resources: Resources::new(),
-        used: Resources::new(),
-        attributes: Attributes::default(),
-        state: AgentState::Active,
-        drain: false,
-        registered_at: Time(0),
-        version: String::new(),
-        subnets: Vec::new(),
-    }
+    Agent::registered(
+        AgentId::new(id),
+        format!("{id}.example"),
+        SocketAddr::new(address.parse().unwrap(), 5051),
+        Time(0),
+    )
 }
 
 fn framework(id: &str, name: &str) -> Framework {
-    Framework {
-        id: FrameworkId::new(id),
-        info: FrameworkInfo::named(name),
-        connected: true,
-        hosted: false,
-        registered_at: Time(0),
-    }
+    Framework::subscribed(FrameworkId::new(id), FrameworkInfo::named(name), Time(0))
 }
 
 /// A task in `state` with the given host ports and own IPs.

@@ -18,8 +18,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use atoll_lb_core::vips::{Service, VipName, VipProjection, hashed_assignments, sync_hashed_assignments};
 use atoll_lb_core::{ServiceKey, key_parts};
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, Attributes, ClusterState, CommandInfo, DiscoveryInfo, DiscoveryPort, Event, EventKind,
-    Framework, FrameworkId, FrameworkInfo, Labels, Resources, Task, TaskId, TaskInfo, TaskState, Time,
+    Agent, AgentId, ClusterState, CommandInfo, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId,
+    FrameworkInfo, Labels, Resources, Task, TaskId, TaskInfo, TaskState, Time,
 };
 use ipnetwork::Ipv4Network;
 use proptest::prelude::*;
@@ -81,29 +81,11 @@ proptest! {
 }
 
 fn agent() -> Agent {
-    Agent {
-        id: AgentId::new("a1"),
-        hostname: "a1.example".into(),
-        address: SocketAddr::from(([198, 19, 255, 1], 5051)),
-        resources: Resources::new(),
-        used: Resources::new(),
-        attributes: Attributes::default(),
-        state: AgentState::Active,
-        drain: false,
-        registered_at: Time(0),
-        version: String::new(),
-        subnets: Vec::new(),
-    }
+    Agent::registered(AgentId::new("a1"), "a1.example", SocketAddr::from(([198, 19, 255, 1], 5051)), Time(0))
 }
 
 fn framework(id: &str, name: &str) -> Framework {
-    Framework {
-        id: FrameworkId::new(id),
-        info: FrameworkInfo::named(name),
-        connected: true,
-        hosted: false,
-        registered_at: Time(0),
-    }
+    Framework::subscribed(FrameworkId::new(id), FrameworkInfo::named(name), Time(0))
 }
 
 /// Task `t<i>` of framework `f1` (`marathon`) on host port 31000+i with `VIP_0=/<name>:80`.

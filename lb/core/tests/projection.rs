@@ -9,36 +9,23 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use atoll_lb_core::vips::{BackendSpec, LabelError, Service, VipLabel, VipName, VipProjection, is_vip_label_key};
 use atoll_lb_core::{PROTO_TCP, PROTO_UDP, ServiceKey, key_parts, service_key};
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, Attributes, ClusterState, CommandInfo, DiscoveryInfo, DiscoveryPort, Event, EventKind,
-    Framework, FrameworkId, FrameworkInfo, HealthCheck, HealthCheckKind, Labels, NetworkRequest, Resources, Task,
-    TaskId, TaskInfo, TaskState, Time, VipAssignment,
+    Agent, AgentId, ClusterState, CommandInfo, DiscoveryInfo, DiscoveryPort, Event, EventKind, Framework, FrameworkId,
+    FrameworkInfo, HealthCheck, HealthCheckKind, Labels, NetworkRequest, Resources, Task, TaskId, TaskInfo, TaskState,
+    Time, VipAssignment,
 };
 use proptest::prelude::*;
 
 fn agent(id: &str, address: &str) -> Agent {
-    Agent {
-        id: AgentId::new(id),
-        hostname: format!("{id}.example"),
-        address: SocketAddr::new(address.parse().unwrap(), 5051),
-        resources: Resources::new(),
-        used: Resources::new(),
-        attributes: Attributes::default(),
-        state: AgentState::Active,
-        drain: false,
-        registered_at: Time(0),
-        version: String::new(),
-        subnets: Vec::new(),
-    }
+    Agent::registered(
+        AgentId::new(id),
+        format!("{id}.example"),
+        SocketAddr::new(address.parse().unwrap(), 5051),
+        Time(0),
+    )
 }
 
 fn framework(id: &str, name: &str) -> Framework {
-    Framework {
-        id: FrameworkId::new(id),
-        info: FrameworkInfo::named(name),
-        connected: true,
-        hosted: false,
-        registered_at: Time(0),
-    }
+    Framework::subscribed(FrameworkId::new(id), FrameworkInfo::named(name), Time(0))
 }
 
 /// A discovery port: number, protocol, VIP labels (`VIP_0`, `VIP_1`, … in order).

@@ -169,6 +169,26 @@ pub struct Agent {
     pub subnets: Vec<AgentSubnet>,
 }
 
+impl Agent {
+    /// A newly registered, active agent with nothing offered or used yet; resources and
+    /// attributes are set by whoever registers it.
+    pub fn registered(id: AgentId, hostname: impl Into<String>, address: SocketAddr, now: Time) -> Agent {
+        Agent {
+            id,
+            hostname: hostname.into(),
+            address,
+            resources: Resources::new(),
+            used: Resources::new(),
+            attributes: Attributes::default(),
+            state: AgentState::Active,
+            drain: false,
+            registered_at: now,
+            version: String::new(),
+            subnets: Vec::new(),
+        }
+    }
+}
+
 /// Mesos framework capabilities that change how the master treats a framework.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -241,4 +261,11 @@ pub struct Framework {
     /// Runs inside the master (a built-in framework).
     pub hosted: bool,
     pub registered_at: Time,
+}
+
+impl Framework {
+    /// A framework subscribed (connected) at `now`, not hosted in the master.
+    pub fn subscribed(id: FrameworkId, info: FrameworkInfo, now: Time) -> Framework {
+        Framework { id, info, connected: true, hosted: false, registered_at: now }
+    }
 }
