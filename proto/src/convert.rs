@@ -361,7 +361,10 @@ enum_map!(Reason <=> PbReason {
     TaskInvalid <=> TaskInvalid,
     TaskUnauthorized <=> TaskUnauthorized,
     TaskUnknown <=> TaskUnknown,
-} wire_only { Unspecified });
+    ContainerUpdateFailed <=> ContainerUpdateFailed,
+    IoSwitchboardExited <=> IoSwitchboardExited,
+    MaxCompletionTimeReached <=> MaxCompletionTimeReached,
+});
 
 // ---------------------------------------------------------------------------------------------
 // Values: resources, attributes, labels
@@ -915,8 +918,7 @@ impl TryFrom<pb::TaskStatus> for TaskStatus {
 
     fn try_from(status: pb::TaskStatus) -> Result<Self, ConvertError> {
         let reason = match status.reason {
-            // REASON_UNSPECIFIED is how proto3 clients say "no reason".
-            Some(number) => Reason::try_from(enum_value::<PbReason>(number, "reason")?).ok(),
+            Some(number) => Some(enum_value::<PbReason>(number, "reason")?.into()),
             None => None,
         };
         let (ip_addresses, executor_pid) = match status.container_status {
@@ -2063,7 +2065,7 @@ mod tests {
     #[test]
     fn task_status_reads_mesos_defaults() {
         let mut s = status();
-        s.reason = Some(PbReason::Unspecified as i32);
+        s.reason = None;
         s.container_status = Some(pb::ContainerStatus {
             network_infos: vec![
                 pb::NetworkInfo {
@@ -2084,6 +2086,10 @@ mod tests {
         });
         let status = TaskStatus::try_from(s).unwrap();
         assert_eq!(status.reason, None);
+        let mut zero = self::status();
+        // Zero is a reason in Mesos's numbering, not "no reason".
+        zero.reason = Some(0);
+        assert_eq!(TaskStatus::try_from(zero).unwrap().reason, Some(Reason::CommandExecutorFailed));
         assert_eq!(status.message, None);
         assert_eq!(status.agent_id, None);
         assert_eq!(status.uuid, None);

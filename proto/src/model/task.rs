@@ -186,6 +186,9 @@ reasons! {
     TaskInvalid => "REASON_TASK_INVALID",
     TaskUnauthorized => "REASON_TASK_UNAUTHORIZED",
     TaskUnknown => "REASON_TASK_UNKNOWN",
+    ContainerUpdateFailed => "REASON_CONTAINER_UPDATE_FAILED",
+    IoSwitchboardExited => "REASON_IO_SWITCHBOARD_EXITED",
+    MaxCompletionTimeReached => "REASON_MAX_COMPLETION_TIME_REACHED",
 }
 
 /// A task's state at one moment, as reported to its framework.
