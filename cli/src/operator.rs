@@ -64,7 +64,9 @@ pub enum NodeCommand {
     Show { id: String },
     /// Stop offering the node and kill its tasks gracefully
     Drain { id: String },
-    /// Offer a drained node again
+    /// Stop offering the node; its tasks keep running
+    Deactivate { id: String },
+    /// Offer a drained or deactivated node again
     Reactivate { id: String },
 }
 
@@ -147,21 +149,19 @@ pub async fn node(ctx: &Context, command: NodeCommand) -> anyhow::Result<()> {
             }
             print_agent(&agent);
         }
-        NodeCommand::Drain { id } => {
-            let agent: Agent = client.post(&format!("/v1/nodes/{id}/drain"), &serde_json::json!({})).await?;
-            if ctx.json {
-                return print_json(&agent);
-            }
-            println!("{} is {}", agent.id, agent.state.name());
-        }
-        NodeCommand::Reactivate { id } => {
-            let agent: Agent = client.post(&format!("/v1/nodes/{id}/reactivate"), &serde_json::json!({})).await?;
-            if ctx.json {
-                return print_json(&agent);
-            }
-            println!("{} is {}", agent.id, agent.state.name());
-        }
+        NodeCommand::Drain { id } => maintain(ctx, &client, &id, "drain").await?,
+        NodeCommand::Deactivate { id } => maintain(ctx, &client, &id, "deactivate").await?,
+        NodeCommand::Reactivate { id } => maintain(ctx, &client, &id, "reactivate").await?,
     }
+    Ok(())
+}
+
+async fn maintain(ctx: &Context, client: &Client, id: &str, action: &str) -> anyhow::Result<()> {
+    let agent: Agent = client.post(&format!("/v1/nodes/{id}/{action}"), &serde_json::json!({})).await?;
+    if ctx.json {
+        return print_json(&agent);
+    }
+    println!("{} is {}", agent.id, agent.state.name());
     Ok(())
 }
 
@@ -169,7 +169,12 @@ fn print_agent(agent: &Agent) {
     println!("id:          {}", agent.id);
     println!("hostname:    {}", agent.hostname);
     println!("address:     {}", agent.address);
-    println!("state:       {}{}", agent.state.name(), if agent.drain { " (drain requested)" } else { "" });
+    let asked = match (agent.drain, agent.deactivated) {
+        (true, _) => " (drain requested)",
+        (false, true) => " (deactivated)",
+        (false, false) => "",
+    };
+    println!("state:       {}{asked}", agent.state.name());
     println!("resources:   {}", agent.resources);
     println!("used:        {}", agent.used);
     println!("attributes:  {}", agent.attributes);

@@ -315,6 +315,7 @@ enum_map!(AgentState <=> PbAgentState {
     Unreachable <=> AgentUnreachable,
     Gone <=> AgentGone,
     Recovered <=> AgentRecovered,
+    Deactivated <=> AgentDeactivated,
 });
 
 enum_map!(Capability <=> PbCapability {
@@ -1120,6 +1121,7 @@ impl From<&Agent> for operator::Agent {
             used: (&agent.used).into(),
             version: agent.version.clone(),
             drain: agent.drain,
+            deactivated: agent.deactivated,
             subnets: agent.subnets.iter().map(Into::into).collect(),
         }
     }
@@ -1142,6 +1144,7 @@ impl TryFrom<operator::Agent> for Agent {
             attributes,
             state,
             drain: agent.drain,
+            deactivated: agent.deactivated,
             registered_at: time_from_secs(agent.registered_at, "registered_at")?,
             version: agent.version,
             subnets: convert_each(agent.subnets, "subnets")?,
@@ -1704,6 +1707,7 @@ mod tests {
             AgentState::Unreachable,
             AgentState::Gone,
             AgentState::Recovered,
+            AgentState::Deactivated,
         ];
         (
             (arb_id(), "[a-z][a-z0-9.-]{0,12}", any::<IpAddr>(), any::<u16>()),
@@ -1720,6 +1724,7 @@ mod tests {
                     attributes,
                     state,
                     drain: matches!(state, AgentState::Draining | AgentState::Drained) || version.len() % 2 == 1,
+                    deactivated: state == AgentState::Deactivated || version.len() % 3 == 1,
                     subnets: if version.len() % 3 == 0 {
                         vec![AgentSubnet {
                             pool: "atoll".into(),
@@ -1914,6 +1919,7 @@ mod tests {
             attributes: "rack:r1;level:3".parse().unwrap(),
             state: AgentState::Active,
             drain: false,
+            deactivated: false,
             registered_at: Time(1_000),
             version: "0.1.0".into(),
             subnets: Vec::new(),

@@ -30,6 +30,19 @@ pub const CONNECTION_BUFFER: usize = 10_000;
 /// Live events buffered for subscribers; one further behind catches up from the registry.
 const EVENT_BUFFER: usize = 16_384;
 
+/// What an operator does to an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Maintenance {
+    /// Stop offering it and kill its tasks.
+    Drain,
+    /// Stop offering it; its tasks keep running.
+    Deactivate,
+    /// Offer it again (ends a drain or a deactivation).
+    Reactivate,
+    /// It is gone for good: its tasks are gone, it may not come back.
+    MarkGone,
+}
+
 /// Why the master could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ActorError {
@@ -81,18 +94,16 @@ enum Command {
     },
     FrameworkClosed(ConnId),
     State(oneshot::Sender<ClusterState>),
-    Drain {
+    Maintain {
         agent_id: AgentId,
+        action: Maintenance,
         reply: oneshot::Sender<Result<Agent, MasterError>>,
     },
-    Reactivate {
-        agent_id: AgentId,
-        reply: oneshot::Sender<Result<Agent, MasterError>>,
+    UpdateWeights {
+        weights: Vec<(String, f64)>,
+        reply: oneshot::Sender<Result<(), MasterError>>,
     },
-    MarkGone {
-        agent_id: AgentId,
-        reply: oneshot::Sender<Result<Agent, MasterError>>,
-    },
+    Weights(oneshot::Sender<std::collections::BTreeMap<String, f64>>),
     KillTask {
         task_id: TaskId,
         reply: oneshot::Sender<Result<Task, MasterError>>,
@@ -239,16 +250,19 @@ impl MasterHandle {
         self.ask(Command::State).await
     }
 
-    pub async fn drain(&self, agent_id: AgentId) -> Result<Agent, ActorError> {
-        Ok(self.ask(|reply| Command::Drain { agent_id, reply }).await??)
+    /// Drains, deactivates, reactivates or marks gone an agent: the agent as it is after.
+    pub async fn maintain(&self, agent_id: AgentId, action: Maintenance) -> Result<Agent, ActorError> {
+        Ok(self.ask(|reply| Command::Maintain { agent_id, action, reply }).await??)
     }
 
-    pub async fn reactivate(&self, agent_id: AgentId) -> Result<Agent, ActorError> {
-        Ok(self.ask(|reply| Command::Reactivate { agent_id, reply }).await??)
+    /// Sets role weights at run time, all or none; they are saved before this returns.
+    pub async fn update_weights(&self, weights: Vec<(String, f64)>) -> Result<(), ActorError> {
+        Ok(self.ask(|reply| Command::UpdateWeights { weights, reply }).await??)
     }
 
-    pub async fn mark_gone(&self, agent_id: AgentId) -> Result<Agent, ActorError> {
-        Ok(self.ask(|reply| Command::MarkGone { agent_id, reply }).await??)
+    /// Every role's weight that is not 1.0.
+    pub async fn weights(&self) -> Result<std::collections::BTreeMap<String, f64>, ActorError> {
+        self.ask(Command::Weights).await
     }
 
     pub async fn kill_task(&self, task_id: TaskId) -> Result<Task, ActorError> {
@@ -410,18 +424,20 @@ impl Actor {
                 // Taken now, sent after the batch commits: what it shows is durable.
                 answer(replies, reply, self.master.state());
             }
-            Command::Drain { agent_id, reply } => {
-                let result = self.master.drain_agent(&agent_id, now);
+            Command::Maintain { agent_id, action, reply } => {
+                let result = match action {
+                    Maintenance::Drain => self.master.drain_agent(&agent_id, now),
+                    Maintenance::Deactivate => self.master.deactivate_agent(&agent_id, now),
+                    Maintenance::Reactivate => self.master.reactivate_agent(&agent_id, now),
+                    Maintenance::MarkGone => self.master.mark_agent_gone(&agent_id, now),
+                };
                 answer(replies, reply, result);
             }
-            Command::Reactivate { agent_id, reply } => {
-                let result = self.master.reactivate_agent(&agent_id, now);
+            Command::UpdateWeights { weights, reply } => {
+                let result = self.master.update_weights(&weights);
                 answer(replies, reply, result);
             }
-            Command::MarkGone { agent_id, reply } => {
-                let result = self.master.mark_agent_gone(&agent_id, now);
-                answer(replies, reply, result);
-            }
+            Command::Weights(reply) => answer(replies, reply, self.master.role_weights()),
             Command::KillTask { task_id, reply } => {
                 let result = self.master.operator_kill(&task_id, now);
                 answer(replies, reply, result);
@@ -498,6 +514,7 @@ impl Actor {
                 Output::ForgetTask { framework_id, task_id } => batch.forget_tasks.push((framework_id, task_id)),
                 // The last state of the pools in the batch is the one to keep.
                 Output::SavePools(pools) => batch.pools = Some(pools),
+                Output::SaveWeights(weights) => batch.weights = Some(weights),
                 _ => {}
             }
         }
@@ -546,7 +563,7 @@ impl Actor {
                 Output::CloseAgent { conn } => {
                     self.agents.remove(&conn);
                 }
-                Output::SavePools(_) => {}
+                Output::SavePools(_) | Output::SaveWeights(_) => {}
                 Output::Warning(message) => tracing::warn!("{message}"),
             }
         }

@@ -46,6 +46,8 @@ pub fn status_from_actor(error: ActorError) -> Status {
                 | MasterError::AmbiguousTask(..)
                 | MasterError::BadAgentInfo(_)
                 | MasterError::NotRecordable(_)
+                | MasterError::BadRole { .. }
+                | MasterError::BadWeight { .. }
                 | MasterError::Ipam(_) => Status::invalid_argument(message),
                 MasterError::PoolInUse { .. } => Status::failed_precondition(message),
             }

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
-use crate::actor::{ActorError, IpamChange, MasterHandle};
+use crate::actor::{ActorError, IpamChange, Maintenance, MasterHandle};
 use crate::events;
 use crate::run::{RunError, RunHandle, RunRequest};
 use atoll_scheduler_core::master::MasterError;
@@ -99,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(show_node))
         .route("/v1/nodes/{id}/drain", post(drain_node))
+        .route("/v1/nodes/{id}/deactivate", post(deactivate_node))
         .route("/v1/nodes/{id}/reactivate", post(reactivate_node))
         .route("/v1/frameworks", get(list_frameworks))
         .route("/v1/tasks", get(list_tasks))
@@ -155,11 +156,15 @@ async fn show_node(State(state): State<ApiState>, Path(id): Path<String>) -> Api
 }
 
 async fn drain_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(json(&state.master.drain(AgentId(id)).await?))
+    Ok(json(&state.master.maintain(AgentId(id), Maintenance::Drain).await?))
+}
+
+async fn deactivate_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(json(&state.master.maintain(AgentId(id), Maintenance::Deactivate).await?))
 }
 
 async fn reactivate_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(json(&state.master.reactivate(AgentId(id)).await?))
+    Ok(json(&state.master.maintain(AgentId(id), Maintenance::Reactivate).await?))
 }
 
 async fn list_frameworks(State(state): State<ApiState>) -> ApiResult<Response> {

@@ -26,7 +26,7 @@ use axum::routing::post;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::actor::MasterHandle;
+use crate::actor::{Maintenance, MasterHandle};
 use crate::mesos_scheduler::{JSON, MesosApiError, mesos_json, record_io};
 use crate::mesos_state::{MasterIdentity, agent_pid};
 
@@ -85,7 +85,7 @@ fn agent_json(agent: &Agent) -> Value {
     json!({
         "agent_info": info,
         "active": agent.state == AgentState::Active,
-        "deactivated": agent.drain || agent.state != AgentState::Active,
+        "deactivated": agent.drain || agent.deactivated || agent.state != AgentState::Active,
         "version": atoll_proto_version(agent),
         "pid": agent_pid(agent),
         "registered_time": nanoseconds(agent.registered_at),
@@ -159,6 +159,28 @@ fn agent_id_of(call: &Value, field: &str) -> Result<AgentId, MesosApiError> {
         .ok_or_else(|| MesosApiError::BadRequest(format!("{field}.agent_id.value is required")))
 }
 
+/// `update_weights.weight_infos`: every entry needs a role and a weight; the master checks
+/// their values.
+fn weight_infos(call: &Value) -> Result<Vec<(String, f64)>, MesosApiError> {
+    let infos = call["update_weights"]["weight_infos"]
+        .as_array()
+        .ok_or_else(|| MesosApiError::BadRequest("update_weights.weight_infos is required".into()))?;
+    let mut weights = Vec::with_capacity(infos.len());
+    for (i, info) in infos.iter().enumerate() {
+        let field = format!("update_weights.weight_infos[{i}]");
+        let role =
+            info["role"].as_str().ok_or_else(|| MesosApiError::BadRequest(format!("{field}.role is required")))?;
+        let weight = match &info["weight"] {
+            Value::Number(n) => n.as_f64(),
+            Value::String(text) => text.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| MesosApiError::BadRequest(format!("{field}.weight must be a number")))?;
+        weights.push((role.to_owned(), weight));
+    }
+    Ok(weights)
+}
+
 async fn handle(operator: Operator, headers: HeaderMap, body: Bytes) -> Result<Response, MesosApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -215,7 +237,7 @@ async fn handle(operator: Operator, headers: HeaderMap, body: Bytes) -> Result<R
             for framework in &state.frameworks {
                 roles.entry(framework.info.role.clone()).or_default().push(id(framework.id.as_str()));
             }
-            let weights = identity.role_weights.clone();
+            let weights = operator.master.weights().await?;
             if kind == "GET_WEIGHTS" {
                 let infos: Vec<Value> =
                     weights.iter().map(|(role, weight)| json!({"role": role, "weight": weight})).collect();
@@ -229,23 +251,25 @@ async fn handle(operator: Operator, headers: HeaderMap, body: Bytes) -> Result<R
                 .collect();
             Ok(response(&kind, Some(json!({ "roles": roles }))))
         }
-        "DRAIN_AGENT" => {
-            operator.master.drain(agent_id_of(&call, "drain_agent")?).await?;
+        "UPDATE_WEIGHTS" => {
+            operator.master.update_weights(weight_infos(&call)?).await?;
             Ok(StatusCode::OK.into_response())
         }
-        "REACTIVATE_AGENT" => {
-            operator.master.reactivate(agent_id_of(&call, "reactivate_agent")?).await?;
-            Ok(StatusCode::OK.into_response())
-        }
-        "MARK_AGENT_GONE" => {
-            operator.master.mark_gone(agent_id_of(&call, "mark_agent_gone")?).await?;
+        "DRAIN_AGENT" | "DEACTIVATE_AGENT" | "REACTIVATE_AGENT" | "MARK_AGENT_GONE" => {
+            let action = match kind.as_str() {
+                "DRAIN_AGENT" => Maintenance::Drain,
+                "DEACTIVATE_AGENT" => Maintenance::Deactivate,
+                "REACTIVATE_AGENT" => Maintenance::Reactivate,
+                _ => Maintenance::MarkGone,
+            };
+            operator.master.maintain(agent_id_of(&call, &kind.to_ascii_lowercase())?, action).await?;
             Ok(StatusCode::OK.into_response())
         }
         "SUBSCRIBE" => Ok(subscribe(operator)),
         other => Err(MesosApiError::BadRequest(format!(
             "{other} is not an operator call this master serves (GET_HEALTH, GET_VERSION, GET_FLAGS, GET_METRICS, \
-             GET_MASTER, GET_STATE, GET_AGENTS, GET_FRAMEWORKS, GET_TASKS, GET_ROLES, GET_WEIGHTS, DRAIN_AGENT, \
-             REACTIVATE_AGENT, MARK_AGENT_GONE, SUBSCRIBE)"
+             GET_MASTER, GET_STATE, GET_AGENTS, GET_FRAMEWORKS, GET_TASKS, GET_ROLES, GET_WEIGHTS, UPDATE_WEIGHTS, \
+             DRAIN_AGENT, DEACTIVATE_AGENT, REACTIVATE_AGENT, MARK_AGENT_GONE, SUBSCRIBE)"
         ))),
     }
 }

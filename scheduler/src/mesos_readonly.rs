@@ -55,7 +55,6 @@ pub async fn identity(listen: SocketAddr, options: &MasterOptions) -> MasterIden
     let mut identity =
         MasterIdentity::new(uuid::Uuid::new_v4().to_string(), SocketAddr::new(ip, listen.port()), Time::now());
     identity.flags = flags(listen, options);
-    identity.role_weights = options.role_weights.clone();
     identity
 }
 

@@ -55,8 +55,6 @@ pub struct MasterIdentity {
     pub elected_time: Time,
     /// The master's settings under Mesos flag names, as strings (Mesos's `flags`).
     pub flags: BTreeMap<String, String>,
-    /// Role weights the master was started with (`GET_WEIGHTS`, `GET_ROLES`).
-    pub role_weights: BTreeMap<String, f64>,
 }
 
 impl MasterIdentity {
@@ -69,7 +67,6 @@ impl MasterIdentity {
             start_time,
             elected_time: start_time,
             flags: BTreeMap::new(),
-            role_weights: BTreeMap::new(),
         }
     }
 
@@ -249,11 +246,11 @@ fn agent_ip(agent: &Agent) -> Option<IpAddr> {
 /// registry, not yet back) are `recovered_slaves`; unreachable ones are only counted; gone ones
 /// are not shown.
 fn is_registered(agent: &Agent) -> bool {
-    matches!(agent.state, AgentState::Active | AgentState::Draining | AgentState::Drained)
+    matches!(agent.state, AgentState::Active | AgentState::Draining | AgentState::Drained | AgentState::Deactivated)
 }
 
 /// Mesos's `active`: registered, connected and not deactivated (a drained or draining agent is
-/// deactivated in Mesos).
+/// deactivated in Mesos too).
 fn agent_active(agent: &Agent) -> bool {
     agent.state == AgentState::Active && !agent.drain
 }

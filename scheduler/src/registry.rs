@@ -24,6 +24,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Meta key of the IP pools (with their subnet leases), written whole when they change.
 const POOLS_KEY: &str = "ipam.pools";
+const WEIGHTS_KEY: &str = "role_weights";
 
 /// Bumped when the stored shapes change incompatibly; an older binary refuses a newer store.
 const SCHEMA_VERSION: u64 = 1;
@@ -53,11 +54,17 @@ pub struct Batch<'a> {
     pub meta: Vec<(String, Vec<u8>)>,
     /// The IP pools with their subnet leases, when they changed.
     pub pools: Option<&'a atoll_ipam::Pools>,
+    /// The role weights operators set, when they changed.
+    pub weights: Option<&'a std::collections::BTreeMap<String, f64>>,
 }
 
 impl Batch<'_> {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.forget_tasks.is_empty() && self.meta.is_empty() && self.pools.is_none()
+        self.events.is_empty()
+            && self.forget_tasks.is_empty()
+            && self.meta.is_empty()
+            && self.pools.is_none()
+            && self.weights.is_none()
     }
 }
 
@@ -123,7 +130,11 @@ impl Registry {
             Some(v) => Some(decode::<atoll_ipam::Pools>(POOLS_KEY, v.value())?),
             None => None,
         };
-        let mut recovered = Recovered { last_index, pools, ..Recovered::default() };
+        let weights = match meta.get(WEIGHTS_KEY).map_err(storage)? {
+            Some(v) => decode(WEIGHTS_KEY, v.value())?,
+            None => Default::default(),
+        };
+        let mut recovered = Recovered { last_index, pools, weights, ..Recovered::default() };
         for row in txn.open_table(AGENTS).map_err(storage)?.iter().map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
             recovered.agents.push(decode::<Agent>(k.value(), v.value())?);
@@ -226,6 +237,10 @@ impl Registry {
             if let Some(pools) = batch.pools {
                 let bytes = serde_json::to_vec(pools).map_err(storage)?;
                 meta.insert(POOLS_KEY, bytes.as_slice()).map_err(storage)?;
+            }
+            if let Some(weights) = batch.weights {
+                let bytes = serde_json::to_vec(weights).map_err(storage)?;
+                meta.insert(WEIGHTS_KEY, bytes.as_slice()).map_err(storage)?;
             }
             if let Some(last) = last {
                 meta.insert("last_index", last.to_be_bytes().as_slice()).map_err(storage)?;

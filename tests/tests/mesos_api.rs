@@ -213,6 +213,69 @@ async fn the_scheduler_api_speaks_mesos_wire_rules() {
 }
 
 #[tokio::test]
+async fn operators_deactivate_agents_and_set_weights_that_outlive_a_restart() {
+    let mut cluster = Cluster::start().await.unwrap();
+    let url = format!("{}/api/v1", cluster.master_url());
+    let http = reqwest::Client::new();
+    let call = async |body: Value| {
+        let response = http.post(&url).header("content-type", "application/json").json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+    let agents = cluster.get("/v1/nodes").await.unwrap();
+    let agent_id = agents[0]["id"].as_str().unwrap().to_owned();
+    let task_id = cluster.run_detached(&["--name", "keeps-running", "--", "sleep", "600"]).await.unwrap();
+    cluster.wait_task_state(&task_id, "TASK_RUNNING", LONG).await.unwrap();
+
+    // DEACTIVATE_AGENT: no more offers from it, its task keeps running.
+    let deactivate = json!({ "type": "DEACTIVATE_AGENT", "deactivate_agent": { "agent_id": { "value": agent_id } } });
+    let (status, body) = call(deactivate).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = call(json!({ "type": "GET_AGENTS" })).await;
+    let agent = &serde_json::from_str::<Value>(&body).unwrap()["get_agents"]["agents"][0];
+    assert_eq!((agent["active"].as_bool(), agent["deactivated"].as_bool()), (Some(false), Some(true)), "{agent}");
+    let state = cluster.get("/master/state").await.unwrap();
+    assert_eq!(state["slaves"][0]["active"], false, "{}", state["slaves"]);
+    assert_eq!(state["deactivated_slaves"], 1);
+    assert_eq!(cluster.get(&format!("/v1/nodes/{agent_id}")).await.unwrap()["state"], "DEACTIVATED");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.task(&task_id).await.unwrap()["state"], "TASK_RUNNING", "deactivation kills nothing");
+    let (status, _) =
+        call(json!({ "type": "DEACTIVATE_AGENT", "deactivate_agent": { "agent_id": { "value": "nope" } } })).await;
+    assert_eq!(status, 400, "unknown agent");
+    let (status, body) =
+        call(json!({ "type": "REACTIVATE_AGENT", "reactivate_agent": { "agent_id": { "value": agent_id } } })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cluster.get(&format!("/v1/nodes/{agent_id}")).await.unwrap()["state"], "ACTIVE");
+
+    // UPDATE_WEIGHTS: all or nothing, then GET_WEIGHTS and GET_ROLES show them.
+    let weights = |infos: Value| json!({ "type": "UPDATE_WEIGHTS", "update_weights": { "weight_infos": infos } });
+    let (status, body) =
+        call(weights(json!([{ "role": "eng", "weight": 2.5 }, { "role": "ops", "weight": -1 }]))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("ops"), "the error names the role: {body}");
+    let (status, body) = call(weights(json!([{ "weight": 2.0 }]))).await;
+    assert_eq!((status, body.contains("weight_infos[0].role")), (400, true), "{body}");
+    let (_, body) = call(json!({ "type": "GET_WEIGHTS" })).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["get_weights"]["weight_infos"], json!([]), "unchanged");
+    let (status, body) =
+        call(weights(json!([{ "role": "eng", "weight": 2.5 }, { "role": "ops", "weight": "0.5" }]))).await;
+    assert_eq!(status, 200, "{body}");
+    let expected = json!([{ "role": "eng", "weight": 2.5 }, { "role": "ops", "weight": 0.5 }]);
+    let (_, body) = call(json!({ "type": "GET_WEIGHTS" })).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["get_weights"]["weight_infos"], expected);
+
+    cluster.kill_master();
+    cluster.start_master().await.unwrap();
+    let (_, body) = call(json!({ "type": "GET_WEIGHTS" })).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["get_weights"]["weight_infos"],
+        expected,
+        "after a restart"
+    );
+}
+
+#[tokio::test]
 async fn the_operator_api_answers_mesos_calls_and_streams_the_cluster() {
     let mut cluster = Cluster::start().await.unwrap();
     let url = format!("{}/api/v1", cluster.master_url());

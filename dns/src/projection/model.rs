@@ -259,7 +259,11 @@ fn unindex(map: &mut BTreeMap<String, BTreeSet<TaskKey>>, id: &str, key: &TaskKe
 /// re-register would make every name flap on a master fail-over.
 pub fn agent_input(agent: &model::Agent) -> Option<AgentInput> {
     match agent.state {
-        AgentState::Active | AgentState::Draining | AgentState::Drained | AgentState::Recovered => {}
+        AgentState::Active
+        | AgentState::Draining
+        | AgentState::Drained
+        | AgentState::Recovered
+        | AgentState::Deactivated => {}
         AgentState::Unreachable | AgentState::Gone => return None,
     }
     let ip = agent.address.ip().to_canonical();

@@ -131,6 +131,8 @@ pub enum AgentState {
     Gone,
     /// Known from the registry after a master restart, not yet re-registered.
     Recovered,
+    /// Not offered, by an operator's wish, while its tasks keep running; until reactivated.
+    Deactivated,
 }
 
 impl AgentState {
@@ -142,6 +144,7 @@ impl AgentState {
             AgentState::Unreachable => "UNREACHABLE",
             AgentState::Gone => "GONE",
             AgentState::Recovered => "RECOVERED",
+            AgentState::Deactivated => "DEACTIVATED",
         }
     }
 }
@@ -161,6 +164,10 @@ pub struct Agent {
     /// The operator asked to drain it; kept until reactivated, across restarts.
     #[serde(default)]
     pub drain: bool,
+    /// The operator asked to stop offering it, tasks left running; kept until reactivated,
+    /// across restarts.
+    #[serde(default)]
+    pub deactivated: bool,
     pub registered_at: Time,
     #[serde(default)]
     pub version: String,
@@ -182,6 +189,7 @@ impl Agent {
             attributes: Attributes::default(),
             state: AgentState::Active,
             drain: false,
+            deactivated: false,
             registered_at: now,
             version: String::new(),
             subnets: Vec::new(),

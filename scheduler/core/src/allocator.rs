@@ -670,6 +670,11 @@ impl Allocator {
         }
     }
 
+    /// Every role whose weight was set, with it.
+    pub fn weights(&self) -> BTreeMap<String, f64> {
+        self.roles.weights.clone()
+    }
+
     /// The weight a role has now (1.0 unless set).
     pub fn weight(&self, role: &str) -> f64 {
         self.roles.weights.get(&normalize_role(role)).copied().unwrap_or(1.0)
@@ -1022,7 +1027,7 @@ impl Allocator {
 }
 
 /// `"eng//web/"` and `"eng/web"` are the same role; an empty role is `"*"`.
-fn normalize_role(role: &str) -> String {
+pub(crate) fn normalize_role(role: &str) -> String {
     let parts: Vec<&str> = role.split('/').map(str::trim).filter(|s| !s.is_empty()).collect();
     if parts.is_empty() { "*".to_owned() } else { parts.join("/") }
 }

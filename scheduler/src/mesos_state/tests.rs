@@ -33,6 +33,7 @@ fn agent(id: &str, address: &str, state: AgentState) -> Agent {
         attributes: "rack:r1;level:3".parse::<Attributes>().unwrap(),
         state,
         drain: matches!(state, AgentState::Draining | AgentState::Drained),
+        deactivated: state == AgentState::Deactivated,
         registered_at: Time(1_700_000_001_000),
         version: "0.1.0".into(),
         subnets: Vec::new(),

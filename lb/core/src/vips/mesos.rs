@@ -814,6 +814,7 @@ fn parse_agent(entry: &Value, resolve: &dyn Fn(&str) -> Vec<IpAddr>) -> Option<A
         attributes: Attributes::default(),
         state: if recovered { AgentState::Recovered } else { AgentState::Active },
         drain: false,
+        deactivated: false,
         registered_at: Time::ZERO,
         version: text(entry, "version").to_owned(),
         subnets: Vec::new(),

@@ -63,6 +63,8 @@ pub struct Recovered {
     /// The IP pools with their subnet leases (None: a registry from before IPAM).
     pub pools: Option<atoll_ipam::Pools>,
     pub vips: Vec<VipAssignment>,
+    /// Role weights operators set at run time (`UPDATE_WEIGHTS`); they win over configured ones.
+    pub weights: BTreeMap<String, f64>,
 }
 
 /// The master's whole domain state. One owner (the shell's master task) drives it.
@@ -91,6 +93,9 @@ pub struct Master {
     /// Kills asked for while the task's agent was away, sent when it re-registers.
     pending_kills: BTreeMap<TaskKey, Option<f64>>,
     allocator: Allocator,
+    /// Weights operators set at run time, kept so they outlive restarts and win over the
+    /// configured ones.
+    operator_weights: BTreeMap<String, f64>,
     agent_conns: BTreeMap<ConnId, AgentId>,
     framework_conns: BTreeMap<ConnId, FrameworkId>,
     /// Agents whose free resources changed since the last allocation.
@@ -130,6 +135,7 @@ impl Master {
             removed_frameworks: BTreeSet::new(),
             pending_kills: BTreeMap::new(),
             allocator,
+            operator_weights: BTreeMap::new(),
             agent_conns: BTreeMap::new(),
             framework_conns: BTreeMap::new(),
             dirty_agents: BTreeSet::new(),
@@ -138,6 +144,10 @@ impl Master {
             outbox: Vec::new(),
             config,
         };
+        for (role, weight) in registry.weights {
+            master.allocator.set_weight(&role, weight);
+            master.operator_weights.insert(role, weight);
+        }
         for agent in registry.agents {
             let gone = agent.state == AgentState::Gone;
             if !gone {
@@ -329,9 +339,35 @@ impl Master {
         &self.allocator
     }
 
-    /// Sets a role's DRF weight (configuration, applied before anything is offered).
+    /// Sets a role's DRF weight from the configuration, unless an operator set that role's
+    /// weight at run time (as Mesos, where weights updated through the API win over `--weights`).
     pub fn set_role_weight(&mut self, role: &str, weight: f64) {
-        self.allocator.set_weight(role, weight);
+        if !self.operator_weights.contains_key(&crate::allocator::normalize_role(role)) {
+            self.allocator.set_weight(role, weight);
+        }
+    }
+
+    /// Operators change role weights at run time (Mesos's `UPDATE_WEIGHTS`): all of them or
+    /// none, saved with the batch, effective from the next allocation.
+    pub fn update_weights(&mut self, weights: &[(String, f64)]) -> Result<(), MasterError> {
+        for (role, weight) in weights {
+            validate_role_name(role)?;
+            if !(weight.is_finite() && *weight > 0.0) {
+                return Err(MasterError::BadWeight { role: role.clone(), weight: weight.to_string() });
+            }
+        }
+        for (role, weight) in weights {
+            self.allocator.set_weight(role, *weight);
+            self.operator_weights.insert(crate::allocator::normalize_role(role), *weight);
+        }
+        self.outbox.push(Output::SaveWeights(self.operator_weights.clone()));
+        self.full_allocation_due = true;
+        Ok(())
+    }
+
+    /// Every role's weight that is not the default 1.0, configured or set at run time.
+    pub fn role_weights(&self) -> BTreeMap<String, f64> {
+        self.allocator.weights()
     }
 
     fn used_on(&self, entry: &AgentEntry) -> Resources {
@@ -386,6 +422,7 @@ impl Master {
                     attributes: info.attributes,
                     state: AgentState::Active,
                     drain: false,
+                    deactivated: false,
                     registered_at: now,
                     version,
                     subnets: Vec::new(),
@@ -1111,17 +1148,30 @@ impl Master {
         for key in &tasks {
             self.send_kill(key, None);
         }
-        self.set_drain(agent_id, true, now);
+        self.set_operator_intent(agent_id, Intent::Drain, now);
         Ok(self.agent(agent_id).expect("exists"))
     }
 
-    /// Ends a drain: the agent is offered again.
+    /// Stops offering the agent while its tasks keep running (Mesos's `DEACTIVATE_AGENT`);
+    /// it stays deactivated until reactivated.
+    pub fn deactivate_agent(&mut self, agent_id: &AgentId, now: Time) -> Result<Agent, MasterError> {
+        let entry = self.agents.get(agent_id).ok_or_else(|| MasterError::UnknownAgent(agent_id.clone()))?;
+        if entry.view.state == AgentState::Gone {
+            return Err(MasterError::AgentGone(agent_id.clone()));
+        }
+        self.allocator.deactivate_agent(agent_id);
+        self.rescind_offers(|o| &o.agent_id == agent_id, now);
+        self.set_operator_intent(agent_id, Intent::Deactivate, now);
+        Ok(self.agent(agent_id).expect("exists"))
+    }
+
+    /// Ends a drain or a deactivation: the agent is offered again.
     pub fn reactivate_agent(&mut self, agent_id: &AgentId, now: Time) -> Result<Agent, MasterError> {
         let entry = self.agents.get_mut(agent_id).ok_or_else(|| MasterError::UnknownAgent(agent_id.clone()))?;
         if entry.view.state == AgentState::Gone {
             return Err(MasterError::AgentGone(agent_id.clone()));
         }
-        self.set_drain(agent_id, false, now);
+        self.set_operator_intent(agent_id, Intent::Reactivate, now);
         if self.agents.get(agent_id).is_some_and(|a| a.view.state == AgentState::Active) {
             self.allocator.activate_agent(agent_id);
             self.dirty_agents.insert(agent_id.clone());
@@ -1398,7 +1448,7 @@ impl Master {
         }
     }
 
-    /// The state a reachable agent should be in given the operator's drain intent.
+    /// The state a reachable agent should be in given the operator's drain or deactivation.
     fn settled_state(&self, agent_id: &AgentId) -> AgentState {
         let Some(entry) = self.agents.get(agent_id) else { return AgentState::Gone };
         match entry.view.state {
@@ -1407,6 +1457,7 @@ impl Master {
             AgentState::Recovered if entry.conn.is_none() => AgentState::Recovered,
             _ if entry.view.drain && entry.tasks.is_empty() => AgentState::Drained,
             _ if entry.view.drain => AgentState::Draining,
+            _ if entry.view.deactivated => AgentState::Deactivated,
             _ => AgentState::Active,
         }
     }
@@ -1422,11 +1473,18 @@ impl Master {
         }
     }
 
-    /// Sets the operator's drain intent and the state it yields, recording either change.
-    fn set_drain(&mut self, agent_id: &AgentId, drain: bool, now: Time) {
+    /// Sets the operator's wish for the agent and the state it yields, recording either
+    /// change. A drain keeps a deactivation asked for before it: reactivating ends both.
+    fn set_operator_intent(&mut self, agent_id: &AgentId, intent: Intent, now: Time) {
         let Some(entry) = self.agents.get_mut(agent_id) else { return };
-        let flag_changed = entry.view.drain != drain;
+        let (drain, deactivated) = match intent {
+            Intent::Drain => (true, entry.view.deactivated),
+            Intent::Deactivate => (entry.view.drain, true),
+            Intent::Reactivate => (false, false),
+        };
+        let flag_changed = entry.view.drain != drain || entry.view.deactivated != deactivated;
         entry.view.drain = drain;
+        entry.view.deactivated = deactivated;
         let state = self.settled_state(agent_id);
         let state_changed = self.agents.get(agent_id).is_some_and(|a| a.view.state != state);
         self.set_agent_state(agent_id, state, now);
@@ -1468,5 +1526,44 @@ impl Master {
     }
 }
 
+/// What an operator asked of an agent.
+#[derive(Clone, Copy)]
+enum Intent {
+    Drain,
+    Deactivate,
+    Reactivate,
+}
+
 #[cfg(test)]
 mod tests;
+
+/// Mesos's rules for role names: no empty name or path component, none that is `.` or `..` or
+/// starts with `-`, no whitespace, backslash or control characters, and not `*` (the default
+/// role has no weight of its own).
+pub fn validate_role_name(role: &str) -> Result<(), MasterError> {
+    let bad = |why: &str| Err(MasterError::BadRole { role: role.to_owned(), why: why.to_owned() });
+    if role.is_empty() {
+        return bad("it is empty");
+    }
+    if role == "*" {
+        return bad("`*` is the default role");
+    }
+    if role.starts_with('/') || role.ends_with('/') {
+        return bad("it starts or ends with `/`");
+    }
+    if let Some(c) = role.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '\\') {
+        return bad(&format!("it contains {c:?}"));
+    }
+    for part in role.split('/') {
+        if part.is_empty() {
+            return bad("it has an empty path component");
+        }
+        if part == "." || part == ".." {
+            return bad(&format!("a path component is `{part}`"));
+        }
+        if part.starts_with('-') {
+            return bad("a path component starts with `-`");
+        }
+    }
+    Ok(())
+}

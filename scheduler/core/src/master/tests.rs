@@ -413,6 +413,54 @@ fn drain_kills_tasks_then_reactivate_offers_again() {
 }
 
 #[test]
+fn deactivate_stops_offers_keeps_tasks_and_reactivate_offers_again() {
+    let mut c = Cluster::new(false);
+    c.launch("a", "cpus:1", t(1.0));
+    c.update("a", TaskState::Running, t(2.0));
+    let outstanding = c.offers(t(2.5));
+    assert!(!outstanding.is_empty());
+    let agent = c.master.deactivate_agent(&c.agent.clone(), t(3.0)).unwrap();
+    assert_eq!((agent.state, agent.deactivated, agent.drain), (AgentState::Deactivated, true, false));
+    let out = c.drain();
+    assert!(!out.iter().any(|o| matches!(o, Output::ToAgent { command: AgentCommand::Kill { .. }, .. })));
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Output::ToFramework { event: SchedulerEvent::Rescind(id), .. } if *id == outstanding[0].id)
+        ),
+        "outstanding offers are rescinded"
+    );
+    assert!(c.offers(t(4.0)).is_empty(), "deactivated agents get no offers");
+    assert_eq!(c.task_state("a"), TaskState::Running);
+    // A silent agent's state moves as usual and comes back deactivated, still unoffered.
+    c.master.agent_disconnected(AGENT_CONN, t(5.0));
+    c.drain();
+    let again = AgentRegistration {
+        agent_id: Some(c.agent.clone()),
+        info: agent_info(5051),
+        version: "test".into(),
+        tasks: vec![ReportedTask {
+            framework_id: c.framework.clone(),
+            info: c.master.task(&c.framework, &TaskId::new("a")).unwrap().info(),
+            status: c.master.task(&c.framework, &TaskId::new("a")).unwrap().status.clone(),
+        }],
+    };
+    c.master.register_agent(AGENT_CONN, again, t(6.0)).unwrap();
+    assert_eq!(c.master.agent(&c.agent).unwrap().state, AgentState::Deactivated);
+    assert!(c.offers(t(7.0)).is_empty());
+    // Draining a deactivated agent kills its tasks; reactivating ends both.
+    c.master.drain_agent(&c.agent.clone(), t(8.0)).unwrap();
+    c.update("a", TaskState::Killed, t(9.0));
+    let agent = c.master.agent(&c.agent).unwrap();
+    assert_eq!((agent.state, agent.deactivated, agent.drain), (AgentState::Drained, true, true));
+    let agent = c.master.reactivate_agent(&c.agent.clone(), t(10.0)).unwrap();
+    assert_eq!((agent.state, agent.deactivated, agent.drain), (AgentState::Active, false, false));
+    assert!(!c.offers(t(10.0)).is_empty());
+    assert!(matches!(c.master.deactivate_agent(&AgentId::new("nope"), t(11.0)), Err(MasterError::UnknownAgent(_))));
+    let updated = c.events.iter().filter(|e| matches!(&e.kind, EventKind::AgentUpdated { agent } if agent.deactivated));
+    assert!(updated.count() >= 1, "the deactivation is in the event log");
+}
+
+#[test]
 fn kill_goes_to_the_agent_with_the_grace_period() {
     let mut c = Cluster::new(false);
     c.launch("a", "cpus:1", t(1.0));
@@ -629,6 +677,7 @@ enum Op {
     Update { task: u8, state: u8 },
     Kill(u8),
     Drain(u8),
+    Deactivate(u8),
     Reactivate(u8),
     Teardown(u8),
     Advance(u16),
@@ -646,6 +695,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..20, 0u8..6).prop_map(|(task, state)| Op::Update { task, state }),
         (0u8..20).prop_map(Op::Kill),
         (0u8..3).prop_map(Op::Drain),
+        (0u8..3).prop_map(Op::Deactivate),
         (0u8..3).prop_map(Op::Reactivate),
         (0u8..3).prop_map(Op::Teardown),
         (1u16..30_000).prop_map(Op::Advance),
@@ -787,6 +837,11 @@ impl World {
                     let _ = self.master.drain_agent(&id, now);
                 }
             }
+            Op::Deactivate(i) => {
+                if let Some(id) = self.agent_id[i as usize].clone() {
+                    let _ = self.master.deactivate_agent(&id, now);
+                }
+            }
             Op::Reactivate(i) => {
                 if let Some(id) = self.agent_id[i as usize].clone() {
                     let _ = self.master.reactivate_agent(&id, now);
@@ -857,6 +912,11 @@ proptest! {
                     let shared = common_values(&committed.ranges("ports"), &offer.resources.ranges("ports"));
                     prop_assert!(shared.is_empty(), "offer {} reuses ports {} on {}", offer.resources, shared, agent.id);
                     committed.add(&offer.resources);
+                }
+                let offered = world.offers.iter().any(|o| o.agent_id == agent.id);
+                prop_assert!(!offered || agent.state == AgentState::Active, "{} is {:?} yet offered", agent.id, agent.state);
+                if agent.state == AgentState::Deactivated {
+                    prop_assert!(agent.deactivated && !agent.drain, "{} is deactivated without the operator's say", agent.id);
                 }
                 if agent.state != AgentState::Gone {
                     prop_assert!(agent.resources.contains(&committed), "{} overcommitted: {} of {}", agent.id, committed, agent.resources);
@@ -1060,4 +1120,36 @@ fn an_agent_marked_gone_by_an_operator_takes_its_tasks_and_resources_along() {
     assert!(c.offers(t(4.0)).is_empty(), "a gone agent is offered no more");
     assert!(matches!(c.master.mark_agent_gone(&agent, t(5.0)), Err(MasterError::AgentGone(_))));
     assert!(matches!(c.master.mark_agent_gone(&AgentId("nobody".into()), t(5.0)), Err(MasterError::UnknownAgent(_))));
+}
+
+#[test]
+fn operator_weights_are_checked_whole_saved_and_win_over_configured_ones() {
+    let mut master = Master::new(MasterConfig::default(), "w", t(0.0));
+    master.set_role_weight("eng", 2.0);
+    let bad = [("ops".to_owned(), 3.0), ("eng".to_owned(), 0.0)];
+    assert!(matches!(master.update_weights(&bad), Err(MasterError::BadWeight { role, .. }) if role == "eng"));
+    for role in ["", "*", "a b", "/eng", "eng/", "eng//web", "eng/..", "-x"] {
+        let err = master.update_weights(&[(role.to_owned(), 1.5)]).unwrap_err();
+        assert!(matches!(err, MasterError::BadRole { .. }), "{role:?}: {err}");
+    }
+    assert!(master.take_outputs().is_empty(), "a refused update changes nothing");
+    assert_eq!(master.role_weights(), BTreeMap::from([("eng".to_owned(), 2.0)]));
+
+    master.update_weights(&[("ops".to_owned(), 3.0), ("eng/web".to_owned(), 0.5)]).unwrap();
+    let saved = master.take_outputs().into_iter().find_map(|o| match o {
+        Output::SaveWeights(weights) => Some(weights),
+        _ => None,
+    });
+    let saved = saved.expect("the weights are saved with the batch");
+    assert_eq!(saved, BTreeMap::from([("eng/web".to_owned(), 0.5), ("ops".to_owned(), 3.0)]));
+
+    // After a restart the saved weights come back and the configuration does not undo them.
+    let mut recovered =
+        Master::recover(MasterConfig::default(), "w2", Recovered { weights: saved, ..Recovered::default() }, t(1.0));
+    recovered.set_role_weight("ops", 9.0);
+    recovered.set_role_weight("eng", 2.0);
+    assert_eq!(
+        recovered.role_weights(),
+        BTreeMap::from([("eng".to_owned(), 2.0), ("eng/web".to_owned(), 0.5), ("ops".to_owned(), 3.0)])
+    );
 }

@@ -193,6 +193,8 @@ pub enum Output {
     },
     /// Persist the IP pools and their subnet leases (in the same commit as the batch).
     SavePools(Box<atoll_ipam::Pools>),
+    /// Persist the role weights operators set at run time (in the same commit as the batch).
+    SaveWeights(std::collections::BTreeMap<String, f64>),
     /// Something an operator should see in the master's log.
     Warning(String),
 }
@@ -228,6 +230,10 @@ pub enum MasterError {
     NotRecordable(&'static str),
     #[error(transparent)]
     Ipam(atoll_ipam::IpamError),
+    #[error("role `{role}`: {why}")]
+    BadRole { role: String, why: String },
+    #[error("role `{role}`: weight {weight} is not a number > 0")]
+    BadWeight { role: String, weight: String },
     #[error("pool {pool} has {count} live task address(es) ({tasks}); stop those tasks first")]
     PoolInUse { pool: String, count: usize, tasks: String },
 }
