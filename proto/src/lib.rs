@@ -17,6 +17,10 @@ pub mod pb {
         pub mod operator {
             tonic::include_proto!("atoll.v1.operator");
         }
+        /// Mesos's v1 operator API (`mesos.v1.master`): `Call`, `Response`, `Event`.
+        pub mod master {
+            tonic::include_proto!("atoll.v1.master");
+        }
     }
 }
 
