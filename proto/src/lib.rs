@@ -24,6 +24,9 @@ pub mod pb {
     }
 }
 
+/// The well-known protobuf types the generated code uses (`google.protobuf.Duration`).
+pub use prost_types;
+
 /// The encoded `FileDescriptorSet` of every `.proto` file above: what the Mesos JSON wire needs
 /// to map protobuf messages to and from JSON by field and enum names.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/atoll_descriptors.bin"));
