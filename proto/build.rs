@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/atoll/v1/scheduler.proto",
         "proto/atoll/v1/agent.proto",
         "proto/atoll/v1/operator.proto",
+        "proto/atoll/v1/master.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

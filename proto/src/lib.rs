@@ -17,8 +17,15 @@ pub mod pb {
         pub mod operator {
             tonic::include_proto!("atoll.v1.operator");
         }
+        /// Mesos's v1 operator API (`mesos.v1.master`): `Call`, `Response`, `Event`.
+        pub mod master {
+            tonic::include_proto!("atoll.v1.master");
+        }
     }
 }
+
+/// The well-known protobuf types the generated code uses (`google.protobuf.Duration`).
+pub use prost_types;
 
 /// The encoded `FileDescriptorSet` of every `.proto` file above: what the Mesos JSON wire needs
 /// to map protobuf messages to and from JSON by field and enum names.

@@ -27,7 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage as _, SerializeOptions,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -52,6 +54,9 @@ pub enum MesosApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The master could not put its own answer on the wire (a bug, not the client's fault).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for MesosApiError {
@@ -62,6 +67,7 @@ impl IntoResponse for MesosApiError {
             MesosApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             MesosApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             MesosApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MesosApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.to_string()).into_response()
     }
@@ -98,7 +104,8 @@ fn descriptors() -> &'static DescriptorPool {
     POOL.get_or_init(|| DescriptorPool::decode(atoll_proto::FILE_DESCRIPTOR_SET).expect("the build's own descriptors"))
 }
 
-fn message(name: &str) -> MessageDescriptor {
+/// The descriptor of the message `name` (`atoll.v1.scheduler.Call`) of Atoll's `.proto` files.
+pub(crate) fn message(name: &str) -> MessageDescriptor {
     descriptors().get_message_by_name(name).unwrap_or_else(|| panic!("{name} is in the descriptors"))
 }
 
@@ -107,17 +114,50 @@ pub fn decode_call(encoding: Encoding, body: &[u8]) -> Result<spb::Call, MesosAp
     match encoding {
         Encoding::Protobuf => spb::Call::decode(body)
             .map_err(|e| MesosApiError::BadRequest(format!("the protobuf Call does not decode: {e}"))),
+        Encoding::Json => decode_message(encoding, body, "atoll.v1.scheduler.Call")?
+            .transcode_to::<spb::Call>()
+            .map_err(|e| MesosApiError::BadRequest(format!("the JSON Call: {e}"))),
+    }
+}
+
+/// A request body (the message `name` of Atoll's `.proto` files) from its wire form. JSON
+/// fields Atoll does not model are ignored, as Mesos ignores fields it does not know; a field
+/// of the wrong shape is a 400 that names it (`drain_agent.agent_id.value: invalid type …`).
+pub(crate) fn decode_message(encoding: Encoding, body: &[u8], name: &str) -> Result<DynamicMessage, MesosApiError> {
+    let what = name.rsplit('.').next().unwrap_or(name);
+    match encoding {
+        Encoding::Protobuf => DynamicMessage::decode(message(name), body)
+            .map_err(|e| MesosApiError::BadRequest(format!("the protobuf {what} does not decode: {e}"))),
         Encoding::Json => {
+            let bad =
+                |e: &dyn std::fmt::Display| MesosApiError::BadRequest(format!("the JSON {what} does not parse: {e}"));
             let mut json = serde_json::Deserializer::from_slice(body);
-            // Fields Atoll does not model are ignored, as Mesos ignores fields it does not know.
             let options = DeserializeOptions::new().deny_unknown_fields(false);
-            let dynamic =
-                DynamicMessage::deserialize_with_options(message("atoll.v1.scheduler.Call"), &mut json, &options)
-                    .map_err(|e| MesosApiError::BadRequest(format!("the JSON Call does not parse: {e}")))?;
-            json.end().map_err(|e| MesosApiError::BadRequest(format!("the JSON Call does not parse: {e}")))?;
-            dynamic.transcode_to::<spb::Call>().map_err(|e| MesosApiError::BadRequest(format!("the JSON Call: {e}")))
+            let mut track = serde_path_to_error::Track::new();
+            let dynamic = DynamicMessage::deserialize_with_options(
+                message(name),
+                serde_path_to_error::Deserializer::new(&mut json, &mut track),
+                &options,
+            )
+            .map_err(|e| bad(&serde_path_to_error::Error::new(track.path(), e)))?;
+            json.end().map_err(|e| bad(&e))?;
+            Ok(dynamic)
         }
     }
+}
+
+/// Mesos's JSON of the message `name`, read strictly into that message: a field the `.proto`
+/// does not have, or one of another type, is an error (naming it), never silently dropped.
+/// For the master's own answers, which the protobuf wire must carry whole.
+pub(crate) fn message_from_json(value: &serde_json::Value, name: &str) -> Result<DynamicMessage, String> {
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let mut track = serde_path_to_error::Track::new();
+    DynamicMessage::deserialize_with_options(
+        message(name),
+        serde_path_to_error::Deserializer::new(value, &mut track),
+        &options,
+    )
+    .map_err(|e| serde_path_to_error::Error::new(track.path(), e).to_string())
 }
 
 /// An event in its wire form: protobuf, or Mesos's JSON on one line.
@@ -132,12 +172,16 @@ pub fn encode_event(encoding: Encoding, event: &spb::Event) -> Vec<u8> {
 /// names, enum names, 64-bit integers as numbers, and only the fields that are set (a
 /// reconciliation update has no `uuid`, and a client that sees an empty one acknowledges it).
 pub fn mesos_json(message_value: &impl prost::Message, name: &str) -> serde_json::Value {
-    let descriptor = message(name);
-    let dynamic = DynamicMessage::decode(descriptor.clone(), message_value.encode_to_vec().as_slice())
+    let dynamic = DynamicMessage::decode(message(name), message_value.encode_to_vec().as_slice())
         .expect("a message decodes with its own descriptor");
+    dynamic_json(&dynamic)
+}
+
+/// [`mesos_json`] of a message read by reflection.
+pub(crate) fn dynamic_json(dynamic: &DynamicMessage) -> serde_json::Value {
     let options = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(false);
     let mut value = dynamic.serialize_with_options(serde_json::value::Serializer, &options).expect("into a JSON value");
-    with_meaningful_zero_enums(&mut value, &descriptor);
+    with_meaningful_zero_enums(&mut value, &dynamic.descriptor());
     value
 }
 
@@ -184,7 +228,9 @@ fn media_type(value: &str) -> String {
     value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
-fn request_encoding(headers: &HeaderMap) -> Result<Encoding, MesosApiError> {
+/// The encoding of a request's body, from its Content-Type (415 for one this master does not
+/// speak).
+pub(crate) fn request_encoding(headers: &HeaderMap) -> Result<Encoding, MesosApiError> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return Err(MesosApiError::UnsupportedMediaType(format!("Content-Type must be {JSON} or {PROTOBUF}")));
     };
@@ -197,9 +243,9 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, MesosApiError> {
     }
 }
 
-/// What the client accepts for the event stream; the request's own type when it says nothing
-/// or anything.
-fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding, MesosApiError> {
+/// What the client accepts for the answer (or the event stream); the request's own type when
+/// it says nothing or anything (406 when it accepts nothing this master writes).
+pub(crate) fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding, MesosApiError> {
     let accepted: Vec<String> = headers
         .get_all(header::ACCEPT)
         .iter()

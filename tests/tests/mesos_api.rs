@@ -1,10 +1,12 @@
 //! The Mesos v1 scheduler HTTP API of the master: a real third-party framework (pymesos, from
 //! PyPI, unchanged) runs a task's whole life against it, and the wire rules (RecordIO, media
-//! types, stream ids, status codes) are checked call by call, in JSON and protobuf.
+//! types, stream ids, status codes) are checked call by call, in JSON and protobuf. The Mesos
+//! v1 operator API likewise, in JSON and protobuf.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use atoll_proto::pb::v1::master as mpb;
 use atoll_proto::pb::v1::scheduler as spb;
 use atoll_tests::{Cluster, wait_for};
 use futures::StreamExt;
@@ -370,4 +372,158 @@ async fn the_operator_api_answers_mesos_calls_and_streams_the_cluster() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = call(gone).await;
     assert_eq!(status, 400, "already gone: {body}");
+}
+
+/// The operator API's JSON answer (or event) as the generated type, read strictly through the
+/// same master.proto descriptors: what a Mesos protobuf client reads, to compare with it.
+fn json_as<M: prost::Message + Default>(value: &Value, name: &str) -> M {
+    let pool = prost_reflect::DescriptorPool::decode(atoll_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let descriptor = pool.get_message_by_name(name).unwrap();
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(true);
+    prost_reflect::DynamicMessage::deserialize_with_options(descriptor, value, &options)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{value}"))
+        .transcode_to::<M>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_operator_api_speaks_protobuf_as_mesos_does() {
+    const PROTOBUF: &str = "application/x-protobuf";
+    let cluster = Cluster::start().await.unwrap();
+    let url = format!("{}/api/v1", cluster.master_url());
+    let http = reqwest::Client::new();
+    let call = |kind: mpb::call::Type| mpb::Call { r#type: kind as i32, ..Default::default() }.encode_to_vec();
+    let post = |body: Vec<u8>, content_type: &str, accept: &str| {
+        http.post(&url).header("content-type", content_type.to_owned()).header("accept", accept.to_owned()).body(body)
+    };
+    let task_id = cluster.run_detached(&["--name", "pbstate", "--", "sleep", "600"]).await.unwrap();
+    cluster.wait_task_state(&task_id, "TASK_RUNNING", LONG).await.unwrap();
+
+    // GET_STATE in protobuf is the JSON answer, field for field (asked for around it, so that
+    // a change in between is seen and the comparison retried).
+    let get_state_json = async || {
+        let body = serde_json::to_vec(&json!({ "type": "GET_STATE" })).unwrap();
+        let response = post(body, "application/json", "application/json").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        json_as::<mpb::Response>(&response.json::<Value>().await.unwrap(), "atoll.v1.master.Response")
+    };
+    let mut compared = false;
+    for _ in 0..5 {
+        let before = get_state_json().await;
+        let response = post(call(mpb::call::Type::GetState), PROTOBUF, PROTOBUF).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], PROTOBUF);
+        let protobuf = mpb::Response::decode(response.bytes().await.unwrap()).unwrap();
+        if before != get_state_json().await {
+            continue;
+        }
+        assert_eq!(protobuf, before);
+        assert_eq!(protobuf.r#type(), mpb::response::Type::GetState);
+        let state = protobuf.get_state.unwrap();
+        let task = &state.get_tasks.unwrap().tasks[0];
+        assert_eq!(task.task_id.as_ref().unwrap().value, task_id);
+        assert_eq!(task.state(), atoll_proto::pb::v1::TaskState::TaskRunning);
+        let agent = &state.get_agents.unwrap().agents[0];
+        assert_eq!((agent.active, agent.deactivated), (Some(true), Some(false)));
+        assert!(agent.total_resources.iter().any(|r| r.name == "ports" && r.ranges.is_some()), "{agent:?}");
+        compared = true;
+        break;
+    }
+    assert!(compared, "GET_STATE did not hold still long enough to compare");
+
+    // A protobuf call answered in JSON, and the other way round.
+    let response = post(call(mpb::call::Type::GetHealth), PROTOBUF, "application/json").send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), r#"{"get_health":{"healthy":true},"type":"GET_HEALTH"}"#);
+    let response = post(br#"{"type":"GET_HEALTH"}"#.to_vec(), "application/json", PROTOBUF).send().await.unwrap();
+    let health = mpb::Response::decode(response.bytes().await.unwrap()).unwrap();
+    assert_eq!(health.get_health.unwrap().healthy, Some(true));
+
+    // SUBSCRIBE in protobuf and in JSON: RecordIO of events, the same in both.
+    let subscribe = async |content_type: &str, accept: &str| {
+        let body = if content_type == PROTOBUF {
+            call(mpb::call::Type::Subscribe)
+        } else {
+            br#"{"type":"SUBSCRIBE"}"#.to_vec()
+        };
+        let response = post(body, content_type, accept).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], accept);
+        Records::new(response)
+    };
+    let next_pb = async |records: &mut Records| mpb::Event::decode(records.next().await.as_slice()).unwrap();
+    let next_json = async |records: &mut Records| {
+        json_as::<mpb::Event>(&serde_json::from_slice(&records.next().await).unwrap(), "atoll.v1.master.Event")
+    };
+    let mut protobuf = subscribe(PROTOBUF, PROTOBUF).await;
+    let mut json = subscribe("application/json", "application/json").await;
+    let subscribed = next_pb(&mut protobuf).await;
+    assert_eq!(subscribed.r#type(), mpb::event::Type::Subscribed);
+    assert_eq!(subscribed, next_json(&mut json).await);
+    let subscribed = subscribed.subscribed.unwrap();
+    assert!(subscribed.heartbeat_interval_seconds.unwrap() > 0.0);
+    let tasks = subscribed.get_state.unwrap().get_tasks.unwrap().tasks;
+    assert!(tasks.iter().any(|t| t.task_id.as_ref().unwrap().value == task_id), "{tasks:?}");
+
+    let added_id = cluster.run_detached(&["--name", "pbstream", "--", "sleep", "600"]).await.unwrap();
+    let is_ours = |event: &mpb::Event| match event.r#type() {
+        mpb::event::Type::TaskAdded => {
+            event.task_added.as_ref().unwrap().task.as_ref().unwrap().task_id.as_ref().unwrap().value == added_id
+        }
+        mpb::event::Type::TaskUpdated => {
+            let update = event.task_updated.as_ref().unwrap();
+            update.status.as_ref().unwrap().task_id.as_ref().unwrap().value == added_id
+        }
+        _ => false,
+    };
+    let mut seen = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let event = next_pb(&mut protobuf).await;
+        let running =
+            event.task_updated.as_ref().is_some_and(|u| u.state() == atoll_proto::pb::v1::TaskState::TaskRunning);
+        if is_ours(&event) {
+            seen.0.push(event);
+            if running {
+                break;
+            }
+        }
+    }
+    while seen.1.len() < seen.0.len() {
+        let event = next_json(&mut json).await;
+        if is_ours(&event) {
+            seen.1.push(event);
+        }
+    }
+    assert_eq!(seen.0.first().map(|e| e.r#type()), Some(mpb::event::Type::TaskAdded), "{:?}", seen.0);
+    assert!(seen.0.last().unwrap().task_updated.is_some(), "TASK_UPDATED to TASK_RUNNING: {:?}", seen.0);
+    assert_eq!(seen.0, seen.1, "the protobuf and the JSON stream carry the same events");
+
+    // Media types and bad calls, as the scheduler API.
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(post(call(mpb::call::Type::GetHealth), "text/plain", PROTOBUF).send().await.unwrap()), 415);
+    assert_eq!(status(post(call(mpb::call::Type::GetHealth), PROTOBUF, "text/html").send().await.unwrap()), 406);
+    let no_content_type = http.post(&url).body(call(mpb::call::Type::GetHealth)).send().await.unwrap();
+    assert_eq!(status(no_content_type), 415);
+    let garbage = post(vec![0x0a, 0xff], PROTOBUF, PROTOBUF).send().await.unwrap();
+    assert_eq!(garbage.status(), 400);
+    assert!(garbage.text().await.unwrap().contains("does not decode"));
+    let quota = post(call(mpb::call::Type::GetQuota), PROTOBUF, PROTOBUF).send().await.unwrap();
+    assert_eq!(quota.status(), 400);
+    assert!(quota.text().await.unwrap().contains("GET_QUOTA is a Mesos operator call this master does not serve"));
+    let no_agent = mpb::Call {
+        r#type: mpb::call::Type::DrainAgent as i32,
+        drain_agent: Some(mpb::call::DrainAgent::default()),
+        ..Default::default()
+    };
+    let no_agent = post(no_agent.encode_to_vec(), PROTOBUF, PROTOBUF).send().await.unwrap();
+    assert_eq!(no_agent.status(), 400);
+    assert_eq!(no_agent.text().await.unwrap(), "drain_agent.agent_id.value is required");
+    let wrong_shape = br#"{"type":"DRAIN_AGENT","drain_agent":{"agent_id":{"value":7}}}"#.to_vec();
+    let wrong_shape = post(wrong_shape, "application/json", "application/json").send().await.unwrap();
+    assert_eq!(wrong_shape.status(), 400);
+    assert!(wrong_shape.text().await.unwrap().contains("drain_agent.agent_id.value"));
+    // Nothing changed: the agent still takes tasks.
+    let response = post(call(mpb::call::Type::GetAgents), PROTOBUF, PROTOBUF).send().await.unwrap();
+    let agents = mpb::Response::decode(response.bytes().await.unwrap()).unwrap().get_agents.unwrap().agents;
+    assert_eq!(agents[0].deactivated, Some(false));
 }
