@@ -165,13 +165,13 @@ pub fn uuid_from_pb(bytes: &[u8], field: &str) -> Result<Option<uuid::Uuid>, Con
 /// A kill grace period in seconds as a Mesos `KillPolicy`; negative or NaN becomes zero.
 pub fn kill_policy_to_pb(grace_period_secs: Option<f64>) -> Option<pb::KillPolicy> {
     grace_period_secs.map(|secs| pb::KillPolicy {
-        grace_period: Some(pb::DurationInfo { nanoseconds: (secs.max(0.0) * 1e9).round() as i64 }),
+        grace_period: Some(pb::DurationInfo { nanoseconds: Some((secs.max(0.0) * 1e9).round() as i64) }),
     })
 }
 
 /// The grace period of a Mesos `KillPolicy`, in seconds. Errors name fields inside the policy.
 pub fn kill_grace_from_pb(policy: Option<pb::KillPolicy>) -> Result<Option<f64>, ConvertError> {
-    let Some(nanos) = policy.and_then(|p| p.grace_period).map(|d| d.nanoseconds) else {
+    let Some(nanos) = policy.and_then(|p| p.grace_period).map(|d| d.nanoseconds()) else {
         return Ok(None);
     };
     if nanos < 0 {
@@ -372,7 +372,9 @@ enum_map!(Reason <=> PbReason {
 // ---------------------------------------------------------------------------------------------
 
 fn ranges_to_pb(pairs: &[(u64, u64)]) -> pb::value::Ranges {
-    pb::value::Ranges { range: pairs.iter().map(|&(begin, end)| pb::value::Range { begin, end }).collect() }
+    pb::value::Ranges {
+        range: pairs.iter().map(|&(begin, end)| pb::value::Range { begin: Some(begin), end: Some(end) }).collect(),
+    }
 }
 
 /// Errors name fields inside the `Ranges` message.
@@ -381,7 +383,8 @@ fn ranges_from_pb(ranges: pb::value::Ranges) -> Result<Vec<(u64, u64)>, ConvertE
         .range
         .into_iter()
         .enumerate()
-        .map(|(j, pb::value::Range { begin, end })| {
+        .map(|(j, range)| {
+            let (begin, end) = (range.begin(), range.end());
             if end < begin {
                 Err(ConvertError::InvertedRange { field: format!("range[{j}]"), begin, end })
             } else {
@@ -399,12 +402,12 @@ impl From<&Resources> for Vec<pb::Resource> {
 
 fn resource_to_pb(name: &str, value: &ResourceValue) -> pb::Resource {
     let (kind, scalar, ranges) = match value {
-        ResourceValue::Scalar(s) => (ValueType::Scalar, Some(pb::value::Scalar { value: s.as_f64() }), None),
+        ResourceValue::Scalar(s) => (ValueType::Scalar, Some(pb::value::Scalar { value: Some(s.as_f64()) }), None),
         ResourceValue::Ranges(r) => (ValueType::Ranges, None, Some(ranges_to_pb(r.pairs()))),
     };
     pb::Resource {
         name: name.to_owned(),
-        r#type: kind as i32,
+        r#type: Some(kind as i32),
         scalar,
         ranges,
         set: None,
@@ -451,11 +454,11 @@ impl TryFrom<Vec<pb::Resource>> for Resources {
 fn resource_from_pb(resource: pb::Resource) -> Result<(String, ResourceValue), ConvertError> {
     let pb::Resource { name, r#type, scalar, ranges, set, .. } = resource;
     let name = non_empty(name, "name")?;
-    let value = match enum_value::<ValueType>(r#type, "type")? {
+    let value = match enum_value::<ValueType>(r#type.unwrap_or_default(), "type")? {
         ValueType::Scalar => {
             only_kind("SCALAR", &[("ranges", ranges.is_some()), ("set", set.is_some())])?;
             let scalar = required(scalar, "scalar")?;
-            ResourceValue::Scalar(scalar_from_pb(scalar.value, "scalar.value")?)
+            ResourceValue::Scalar(scalar_from_pb(scalar.value(), "scalar.value")?)
         }
         ValueType::Ranges => {
             only_kind("RANGES", &[("scalar", scalar.is_some()), ("set", set.is_some())])?;
@@ -490,16 +493,16 @@ fn attribute_to_pb(name: &str, value: &AttributeValue) -> pb::Attribute {
     let mut attribute = pb::Attribute { name: name.to_owned(), ..Default::default() };
     match value {
         AttributeValue::Scalar(v) => {
-            attribute.r#type = ValueType::Scalar as i32;
-            attribute.scalar = Some(pb::value::Scalar { value: *v });
+            attribute.r#type = Some(ValueType::Scalar as i32);
+            attribute.scalar = Some(pb::value::Scalar { value: Some(*v) });
         }
         AttributeValue::Ranges(pairs) => {
-            attribute.r#type = ValueType::Ranges as i32;
+            attribute.r#type = Some(ValueType::Ranges as i32);
             attribute.ranges = Some(ranges_to_pb(pairs));
         }
         AttributeValue::Text(text) => {
-            attribute.r#type = ValueType::Text as i32;
-            attribute.text = Some(pb::value::Text { value: text.clone() });
+            attribute.r#type = Some(ValueType::Text as i32);
+            attribute.text = Some(pb::value::Text { value: Some(text.clone()) });
         }
     }
     attribute
@@ -524,10 +527,10 @@ impl TryFrom<Vec<pb::Attribute>> for Attributes {
 fn attribute_from_pb(attribute: pb::Attribute) -> Result<(String, AttributeValue), ConvertError> {
     let pb::Attribute { name, r#type, scalar, ranges, set, text } = attribute;
     let name = non_empty(name, "name")?;
-    let value = match enum_value::<ValueType>(r#type, "type")? {
+    let value = match enum_value::<ValueType>(r#type.unwrap_or_default(), "type")? {
         ValueType::Scalar => {
             only_kind("SCALAR", &[("ranges", ranges.is_some()), ("set", set.is_some()), ("text", text.is_some())])?;
-            let value = required(scalar, "scalar")?.value;
+            let value = required(scalar, "scalar")?.value();
             // Unlike resources, attributes may be negative (`level:-1`); NaN would break equality.
             if !value.is_finite() {
                 return Err(ConvertError::OutOfRange {
@@ -544,7 +547,7 @@ fn attribute_from_pb(attribute: pb::Attribute) -> Result<(String, AttributeValue
         }
         ValueType::Text => {
             only_kind("TEXT", &[("scalar", scalar.is_some()), ("ranges", ranges.is_some()), ("set", set.is_some())])?;
-            AttributeValue::Text(required(text, "text")?.value)
+            AttributeValue::Text(required(text, "text")?.value.unwrap_or_default())
         }
         ValueType::Set => return Err(ConvertError::Unsupported { field: "type".into(), value: "SET" }),
     };
@@ -618,7 +621,7 @@ impl From<&DiscoveryInfo> for pb::DiscoveryInfo {
         let visibility =
             Visibility::from_str_name(&discovery.visibility.to_ascii_uppercase()).unwrap_or(Visibility::Framework);
         pb::DiscoveryInfo {
-            visibility: visibility as i32,
+            visibility: Some(visibility as i32),
             name: discovery.name.clone(),
             environment: String::new(),
             location: String::new(),
@@ -635,7 +638,9 @@ impl TryFrom<pb::DiscoveryInfo> for DiscoveryInfo {
 
     fn try_from(discovery: pb::DiscoveryInfo) -> Result<Self, ConvertError> {
         Ok(DiscoveryInfo {
-            visibility: enum_value::<Visibility>(discovery.visibility, "visibility")?.as_str_name().to_owned(),
+            visibility: enum_value::<Visibility>(discovery.visibility.unwrap_or_default(), "visibility")?
+                .as_str_name()
+                .to_owned(),
             name: discovery.name,
             ports: convert_each(discovery.ports.map(|p| p.ports).unwrap_or_default(), "ports.ports")?,
             labels: labels_from_pb(discovery.labels),
@@ -646,7 +651,7 @@ impl TryFrom<pb::DiscoveryInfo> for DiscoveryInfo {
 impl From<&DiscoveryPort> for pb::Port {
     fn from(port: &DiscoveryPort) -> Self {
         pb::Port {
-            number: port.number,
+            number: Some(port.number),
             name: port.name.clone(),
             protocol: port.protocol.clone(),
             labels: labels_to_pb(&port.labels),
@@ -658,15 +663,15 @@ impl TryFrom<pb::Port> for DiscoveryPort {
     type Error = ConvertError;
 
     fn try_from(port: pb::Port) -> Result<Self, ConvertError> {
-        if u64::from(port.number) > MAX_PORT {
+        if u64::from(port.number()) > MAX_PORT {
             return Err(ConvertError::OutOfRange {
                 field: "number".into(),
-                value: port.number.to_string(),
+                value: port.number().to_string(),
                 expected: "a port number (at most 65535)",
             });
         }
         Ok(DiscoveryPort {
-            number: port.number,
+            number: port.number(),
             name: port.name,
             protocol: port.protocol,
             labels: labels_from_pb(port.labels),
@@ -897,7 +902,7 @@ impl From<&TaskStatus> for pb::TaskStatus {
     fn from(status: &TaskStatus) -> Self {
         pb::TaskStatus {
             task_id: Some((&status.task_id).into()),
-            state: PbTaskState::from(status.state) as i32,
+            state: Some(PbTaskState::from(status.state) as i32),
             message: status.message.clone().unwrap_or_default(),
             source: PbSource::from(status.source) as i32,
             reason: status.reason.map(|r| PbReason::from(r) as i32),
@@ -931,7 +936,7 @@ impl TryFrom<pb::TaskStatus> for TaskStatus {
         };
         Ok(TaskStatus {
             task_id: convert_required(status.task_id, "task_id")?,
-            state: enum_value::<PbTaskState>(status.state, "state")?.into(),
+            state: enum_value::<PbTaskState>(status.state.unwrap_or_default(), "state")?.into(),
             message: (!status.message.is_empty()).then_some(status.message),
             source: enum_value::<PbSource>(status.source, "source")?.into(),
             reason,
@@ -974,7 +979,7 @@ impl From<&Task> for pb::TaskInfo {
 impl From<&Task> for operator::Task {
     fn from(task: &Task) -> Self {
         let mut status = pb::TaskStatus::from(&task.status);
-        status.state = PbTaskState::from(task.state) as i32;
+        status.state = Some(PbTaskState::from(task.state) as i32);
         if status.healthy.is_none() {
             status.healthy = task.healthy;
         }
@@ -1032,10 +1037,10 @@ impl TryFrom<operator::Task> for Task {
 fn check_ports(resources: &[pb::Resource]) -> Result<(), ConvertError> {
     for (i, resource) in resources.iter().enumerate().filter(|(_, r)| r.name == "ports") {
         let ranges = resource.ranges.iter().flat_map(|r| r.range.iter());
-        if let Some((j, range)) = ranges.enumerate().find(|(_, r)| r.end > MAX_PORT) {
+        if let Some((j, range)) = ranges.enumerate().find(|(_, r)| r.end() > MAX_PORT) {
             return Err(ConvertError::OutOfRange {
                 field: format!("[{i}].ranges.range[{j}].end"),
-                value: range.end.to_string(),
+                value: range.end().to_string(),
                 expected: "a port number (at most 65535)",
             });
         }
@@ -1156,7 +1161,7 @@ fn framework_info_to_pb(info: &FrameworkInfo, id: Option<&FrameworkId>) -> pb::F
     // Mesos refuses `role` from a MULTI_ROLE framework, which names its roles in `roles`.
     let multi_role = info.has(Capability::MultiRole);
     pb::FrameworkInfo {
-        user: info.user.clone(),
+        user: Some(info.user.clone()),
         name: info.name.clone(),
         id: id.map(Into::into),
         failover_timeout: info.failover_timeout_secs,
@@ -1208,7 +1213,7 @@ impl TryFrom<pb::FrameworkInfo> for FrameworkInfo {
         }
         Ok(FrameworkInfo {
             name: non_empty(info.name, "name")?,
-            user: info.user,
+            user: info.user.unwrap_or_default(),
             role,
             failover_timeout_secs: non_negative(info.failover_timeout, "failover_timeout")?,
             hostname: info.hostname,
@@ -1874,8 +1879,8 @@ mod tests {
     fn scalar(name: &str, value: f64) -> pb::Resource {
         pb::Resource {
             name: name.into(),
-            r#type: ValueType::Scalar as i32,
-            scalar: Some(pb::value::Scalar { value }),
+            r#type: Some(ValueType::Scalar as i32),
+            scalar: Some(pb::value::Scalar { value: Some(value) }),
             ..Default::default()
         }
     }
@@ -1883,7 +1888,7 @@ mod tests {
     fn ranges(name: &str, pairs: &[(u64, u64)]) -> pb::Resource {
         pb::Resource {
             name: name.into(),
-            r#type: ValueType::Ranges as i32,
+            r#type: Some(ValueType::Ranges as i32),
             ranges: Some(ranges_to_pb(pairs)),
             ..Default::default()
         }
@@ -1903,7 +1908,7 @@ mod tests {
     fn status() -> pb::TaskStatus {
         pb::TaskStatus {
             task_id: Some(pb::TaskId { value: "web-1".into() }),
-            state: PbTaskState::TaskRunning as i32,
+            state: Some(PbTaskState::TaskRunning as i32),
             timestamp: 1.5,
             ..Default::default()
         }
@@ -1951,7 +1956,7 @@ mod tests {
 
     #[test]
     fn empty_framework_name_is_refused() {
-        let info = pb::FrameworkInfo { user: "root".into(), ..Default::default() };
+        let info = pb::FrameworkInfo { user: Some("root".into()), ..Default::default() };
         let err = convert::<_, FrameworkInfo>(info, "framework_info").unwrap_err();
         assert_eq!(err.to_string(), "framework_info.name: empty");
     }
@@ -1996,13 +2001,13 @@ mod tests {
 
         let set = pb::Resource {
             name: "disks".into(),
-            r#type: ValueType::Set as i32,
+            r#type: Some(ValueType::Set as i32),
             set: Some(pb::value::Set { item: vec!["a".into()] }),
             ..Default::default()
         };
         assert_eq!(Resources::try_from(vec![set]).unwrap_err().to_string(), "[0].type: SET is not supported");
 
-        let unknown = pb::Resource { r#type: 42, ..scalar("cpus", 1.0) };
+        let unknown = pb::Resource { r#type: Some(42), ..scalar("cpus", 1.0) };
         assert_eq!(Resources::try_from(vec![unknown]).unwrap_err().to_string(), "[0].type: unknown enum value 42");
 
         let nameless = scalar("", 1.0);
@@ -2028,7 +2033,7 @@ mod tests {
     #[test]
     fn task_status_fields_are_validated() {
         let mut s = status();
-        s.state = 99;
+        s.state = Some(99);
         assert_eq!(err_of::<TaskStatus, _>(s), "state: unknown enum value 99");
 
         let mut s = status();
@@ -2112,27 +2117,28 @@ mod tests {
         assert_eq!(info.kill_grace_period_secs, None);
 
         let mut wire = task_info();
-        wire.kill_policy = Some(pb::KillPolicy { grace_period: Some(pb::DurationInfo { nanoseconds: 2_500_000_000 }) });
+        wire.kill_policy =
+            Some(pb::KillPolicy { grace_period: Some(pb::DurationInfo { nanoseconds: Some(2_500_000_000) }) });
         assert_eq!(TaskInfo::try_from(wire).unwrap().kill_grace_period_secs, Some(2.5));
 
         let mut wire = task_info();
-        wire.kill_policy = Some(pb::KillPolicy { grace_period: Some(pb::DurationInfo { nanoseconds: -1 }) });
+        wire.kill_policy = Some(pb::KillPolicy { grace_period: Some(pb::DurationInfo { nanoseconds: Some(-1) }) });
         assert_eq!(err_of::<TaskInfo, _>(wire), "kill_policy.grace_period.nanoseconds: -1 is not a duration >= 0");
     }
 
     #[test]
     fn discovery_is_validated() {
         let mut wire = task_info();
-        wire.discovery = Some(pb::DiscoveryInfo { visibility: 7, ..Default::default() });
+        wire.discovery = Some(pb::DiscoveryInfo { visibility: Some(7), ..Default::default() });
         assert_eq!(err_of::<TaskInfo, _>(wire), "discovery.visibility: unknown enum value 7");
 
         let mut wire = task_info();
         wire.discovery = Some(pb::DiscoveryInfo {
-            visibility: Visibility::Cluster as i32,
+            visibility: Some(Visibility::Cluster as i32),
             ports: Some(pb::Ports {
                 ports: vec![
-                    pb::Port { number: 80, ..Default::default() },
-                    pb::Port { number: 70_000, ..Default::default() },
+                    pb::Port { number: Some(80), ..Default::default() },
+                    pb::Port { number: Some(70_000), ..Default::default() },
                 ],
             }),
             ..Default::default()
@@ -2211,7 +2217,7 @@ mod tests {
         assert_eq!(err_of::<Agent, _>(dup), "info.attributes[2].name: `level` given twice");
 
         let mut set = operator::Agent::from(&agent());
-        set.info.as_mut().unwrap().attributes[1].r#type = ValueType::Set as i32;
+        set.info.as_mut().unwrap().attributes[1].r#type = Some(ValueType::Set as i32);
         assert_eq!(err_of::<Agent, _>(set), "info.attributes[1].type: SET is not supported");
 
         let mut state = operator::Agent::from(&agent());

@@ -12,6 +12,8 @@ pub mod hosted;
 pub mod http;
 pub mod mesos_operator;
 pub mod mesos_readonly;
+#[cfg(test)]
+mod mesos_required;
 pub mod mesos_scheduler;
 pub mod mesos_state;
 pub mod metrics;

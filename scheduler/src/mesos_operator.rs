@@ -701,6 +701,8 @@ mod tests {
         let mut found = Vec::new();
         atoll_fields(&message, "", &mut found);
         assert!(found.is_empty(), "Atoll's own fields {found:?} in {value:#}");
+        let missing = crate::mesos_required::missing_required(&message);
+        assert!(missing.is_empty(), "{name} lacks fields Mesos requires: {missing:#?}\n{value:#}");
         let bytes = encode(Encoding::Protobuf, value, name).unwrap();
         assert_eq!(bytes, message.encode_to_vec());
         let back =
@@ -728,7 +730,10 @@ mod tests {
         let discovery = web.discovery.as_ref().unwrap();
         assert_eq!(discovery.ports.as_ref().unwrap().ports[0].labels.as_ref().unwrap().labels[0].key, "VIP_0");
         let ports = web.resources.iter().find(|r| r.name == "ports").unwrap();
-        assert_eq!(ports.ranges.as_ref().unwrap().range, vec![pb::value::Range { begin: 31000, end: 31001 }]);
+        assert_eq!(
+            ports.ranges.as_ref().unwrap().range,
+            vec![pb::value::Range { begin: Some(31000), end: Some(31001) }]
+        );
         let db = &tasks.tasks[1];
         let addresses = &db.statuses[0].container_status.as_ref().unwrap().network_infos[0].ip_addresses;
         assert_eq!(addresses[0].ip_address, "198.18.0.5");
@@ -767,7 +772,7 @@ mod tests {
         }
         let removed = mpb::Event::decode(round_trip(&events[7], EVENT).as_slice()).unwrap();
         let info = removed.framework_removed.unwrap().framework_info.unwrap();
-        assert_eq!((info.name.as_str(), info.user.as_str()), ("atoll-run", "root"), "the removed framework's info");
+        assert_eq!((info.name.as_str(), info.user()), ("atoll-run", "root"), "the removed framework's info");
         let updated = mpb::Event::decode(round_trip(&events[2], EVENT).as_slice()).unwrap().task_updated.unwrap();
         assert_eq!(updated.state, Some(pb::TaskState::TaskKilled as i32));
         assert_eq!(updated.status.unwrap().message, "killed");
@@ -838,7 +843,7 @@ mod tests {
             (
                 mpb::Call {
                     get_metrics: Some(mpb::call::GetMetrics {
-                        timeout: Some(pb::DurationInfo { nanoseconds: 5_000_000_000 }),
+                        timeout: Some(pb::DurationInfo { nanoseconds: Some(5_000_000_000) }),
                     }),
                     ..call(C::GetMetrics)
                 },

@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn events_are_compact_json_with_enum_names_and_zero_values() {
-        let status = atoll_proto::pb::v1::TaskStatus { state: 0, ..Default::default() };
+        let status = atoll_proto::pb::v1::TaskStatus { state: Some(0), ..Default::default() };
         let event = spb::Event {
             r#type: spb::event::Type::Update as i32,
             update: Some(spb::event::Update { status: Some(status) }),
@@ -480,8 +480,8 @@ mod tests {
             agent_id: aid.clone(),
             resources: vec![pb::Resource {
                 name: "cpus".into(),
-                r#type: pb::value::Type::Scalar as i32,
-                scalar: Some(pb::value::Scalar { value: 0.5 }),
+                r#type: Some(pb::value::Type::Scalar as i32),
+                scalar: Some(pb::value::Scalar { value: Some(0.5) }),
                 ..Default::default()
             }],
             command: Some(pb::CommandInfo { value: "sleep 1".into(), shell: Some(true), ..Default::default() }),
@@ -493,7 +493,7 @@ mod tests {
             spb::Call {
                 subscribe: Some(spb::call::Subscribe {
                     framework_info: Some(pb::FrameworkInfo {
-                        user: "root".into(),
+                        user: Some("root".into()),
                         name: "rt".into(),
                         ..Default::default()
                     }),
@@ -542,8 +542,11 @@ mod tests {
 
         use spb::event::Type as E;
         let event = |kind: E| spb::Event { r#type: kind as i32, ..Default::default() };
-        let status =
-            pb::TaskStatus { task_id: tid.clone(), state: pb::TaskState::TaskRunning as i32, ..Default::default() };
+        let status = pb::TaskStatus {
+            task_id: tid.clone(),
+            state: Some(pb::TaskState::TaskRunning as i32),
+            ..Default::default()
+        };
         let events = vec![
             spb::Event {
                 subscribed: Some(spb::event::Subscribed {

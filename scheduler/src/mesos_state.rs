@@ -79,8 +79,15 @@ impl MasterIdentity {
     /// clients read.
     pub fn master_info(&self) -> Value {
         let ip = self.address.ip().to_string();
+        // Mesos's `ip` is the IPv4 address as it sits in memory (network order) read as a
+        // number on a little-endian host: 127.0.0.1 is 16777343. An IPv6 master has none.
+        let packed_ip = match self.address.ip() {
+            std::net::IpAddr::V4(v4) => u32::from_le_bytes(v4.octets()),
+            std::net::IpAddr::V6(_) => 0,
+        };
         json!({
             "id": self.id,
+            "ip": packed_ip,
             "pid": self.pid(),
             "port": self.address.port(),
             "hostname": self.hostname,

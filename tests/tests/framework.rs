@@ -23,7 +23,7 @@ impl Framework {
         let mut client = spb::scheduler_client::SchedulerClient::connect(cluster.master_url()).await.unwrap();
         let info = pb::FrameworkInfo {
             name: name.into(),
-            user: "root".into(),
+            user: Some("root".into()),
             failover_timeout: 60.0,
             capabilities: vec![pb::framework_info::Capability {
                 r#type: pb::framework_info::capability::Type::PartitionAware as i32,
@@ -107,8 +107,8 @@ impl Framework {
 fn scalar(name: &str, value: f64) -> pb::Resource {
     pb::Resource {
         name: name.into(),
-        r#type: pb::value::Type::Scalar as i32,
-        scalar: Some(pb::value::Scalar { value }),
+        r#type: Some(pb::value::Type::Scalar as i32),
+        scalar: Some(pb::value::Scalar { value: Some(value) }),
         role: "*".into(),
         ..Default::default()
     }
@@ -138,7 +138,7 @@ fn launch(offer: &pb::Offer, task_id: &str, command: &str, cpus: f64) -> spb::Ca
 }
 
 fn state_of(status: &pb::TaskStatus) -> pb::TaskState {
-    pb::TaskState::try_from(status.state).unwrap()
+    status.state()
 }
 
 #[tokio::test]
@@ -150,7 +150,7 @@ async fn a_framework_gets_offers_launches_acknowledges_reconciles_and_tears_down
     let offers = framework.next_offers().await;
     assert_eq!(offers.len(), 1);
     let offer = &offers[0];
-    assert!(offer.resources.iter().any(|r| r.name == "cpus" && r.scalar.as_ref().unwrap().value == 2.0));
+    assert!(offer.resources.iter().any(|r| r.name == "cpus" && r.scalar.as_ref().unwrap().value() == 2.0));
 
     framework.call(launch(offer, "sleeper", "sleep 1000", 1.0)).await.unwrap();
     let mut states = Vec::new();

@@ -194,7 +194,7 @@ async fn the_scheduler_api_speaks_mesos_wire_rules() {
         r#type: spb::call::Type::Subscribe as i32,
         subscribe: Some(spb::call::Subscribe {
             framework_info: Some(atoll_proto::pb::v1::FrameworkInfo {
-                user: "root".into(),
+                user: Some("root".into()),
                 name: "protobuf".into(),
                 ..Default::default()
             }),

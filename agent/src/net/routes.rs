@@ -353,6 +353,7 @@ mod tests {
             attributes: Attributes::default(),
             state: AgentState::Active,
             drain: false,
+            deactivated: false,
             registered_at: Time(1),
             version: String::new(),
             subnets: subnets

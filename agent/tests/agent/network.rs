@@ -326,6 +326,7 @@ fn agent(id: &str, addr: &str, subnets: &[&str]) -> Agent {
         attributes: Attributes::default(),
         state: AgentState::Active,
         drain: false,
+        deactivated: false,
         registered_at: Time(1),
         version: String::new(),
         subnets: subnets

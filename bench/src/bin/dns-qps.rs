@@ -323,6 +323,7 @@ fn cluster(tasks: usize, agents: usize) -> anyhow::Result<ClusterState> {
             attributes: Attributes::default(),
             state: AgentState::Active,
             drain: false,
+            deactivated: false,
             registered_at: Time(0),
             version: String::new(),
             subnets: Vec::new(),
