@@ -252,7 +252,7 @@ macro_rules! id_conversions {
     )*};
 }
 
-id_conversions!(AgentId, FrameworkId, TaskId, OfferId);
+id_conversions!(AgentId, FrameworkId, TaskId, OfferId, ExecutorId);
 
 macro_rules! enum_map {
     ($domain:ident <=> $wire:ident { $($d:ident <=> $w:ident),* $(,)? }) => {
@@ -990,6 +990,7 @@ impl From<&Task> for operator::Task {
             info: Some(task.into()),
             framework_id: Some((&task.framework_id).into()),
             status: Some(status),
+            executor_id: task.executor_id.as_ref().map(Into::into),
         }
     }
 }
@@ -1003,6 +1004,7 @@ impl TryFrom<operator::Task> for Task {
         let info: TaskInfo = convert(info, "info")?;
         let framework_id = convert_required(task.framework_id, "framework_id")?;
         let status: TaskStatus = convert_required(task.status, "status")?;
+        let executor_id = convert_optional(task.executor_id, "executor_id")?;
         if status.task_id != info.task_id {
             return Err(ConvertError::Mismatch {
                 field: "status.task_id.value".into(),
@@ -1028,6 +1030,7 @@ impl TryFrom<operator::Task> for Task {
             ip_addresses: status.ip_addresses.clone(),
             healthy: status.healthy,
             status,
+            executor_id,
         })
     }
 }
@@ -1477,7 +1480,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::{AgentId, TaskId};
+    use crate::model::{AgentId, ExecutorId, TaskId};
 
     // ----- strategies -------------------------------------------------------------------------
 
@@ -2242,8 +2245,11 @@ mod tests {
                 }),
                 ..status()
             }),
+            executor_id: Some(pb::ExecutorId { value: "pod".into() }),
         };
         let task = Task::try_from(wire.clone()).unwrap();
+        assert_eq!(task.executor_id, Some(ExecutorId::new("pod")));
+        assert_eq!(operator::Task::from(&task).executor_id, wire.executor_id);
         assert_eq!(task.ports, vec![31000, 31001]);
         assert_eq!(task.state, TaskState::Running);
         assert_eq!(task.healthy, Some(true));

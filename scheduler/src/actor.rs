@@ -83,6 +83,7 @@ enum Command {
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
         hosted: bool,
+        suppressed: bool,
         tx: mpsc::Sender<SchedulerEvent>,
         reply: oneshot::Sender<Result<FrameworkId, MasterError>>,
     },
@@ -222,15 +223,18 @@ impl MasterHandle {
         self.send(Command::AgentClosed(conn));
     }
 
+    /// Subscribes a framework; `suppressed` (its role among SUBSCRIBE's `suppressed_roles`)
+    /// holds back offers from the start, before any could be made.
     pub async fn subscribe(
         &self,
         conn: ConnId,
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
         hosted: bool,
+        suppressed: bool,
         tx: mpsc::Sender<SchedulerEvent>,
     ) -> Result<FrameworkId, ActorError> {
-        Ok(self.ask(|reply| Command::Subscribe { conn, framework_id, info, hosted, tx, reply }).await??)
+        Ok(self.ask(|reply| Command::Subscribe { conn, framework_id, info, hosted, suppressed, tx, reply }).await??)
     }
 
     pub async fn framework_call(
@@ -404,16 +408,27 @@ impl Actor {
                 self.agents.remove(&conn);
                 self.master.agent_disconnected(conn, now);
             }
-            Command::Subscribe { conn, framework_id, info, hosted, tx, reply } => {
+            Command::Subscribe { conn, framework_id, info, hosted, suppressed, tx, reply } => {
                 self.frameworks.insert(conn, tx);
                 let result = self.master.subscribe(conn, framework_id, info, hosted, now);
-                if result.is_err() {
-                    self.frameworks.remove(&conn);
+                match &result {
+                    Err(_) => {
+                        self.frameworks.remove(&conn);
+                    }
+                    Ok(id) if suppressed => {
+                        // In the same batch as the subscription: no allocation runs between.
+                        let _ = self.master.framework_call(conn, id, SchedulerCall::Suppress, now);
+                    }
+                    Ok(_) => {}
                 }
                 answer(replies, reply, result);
             }
             Command::FrameworkCall { conn, framework_id, call, reply } => {
+                let kind = call.kind();
                 let result = self.master.framework_call(conn, &framework_id, call, now);
+                if result.is_ok() {
+                    self.metrics.scheduler_calls.get_or_create(&label("type", kind)).inc();
+                }
                 answer(replies, reply, result);
             }
             Command::FrameworkClosed(conn) => {

@@ -34,9 +34,10 @@ pub fn status_from_actor(error: ActorError) -> Status {
         ActorError::Master(e) => {
             let message = e.to_string();
             match e {
-                MasterError::UnknownAgent(_) | MasterError::UnknownFramework(_) | MasterError::UnknownTask(_) => {
-                    Status::not_found(message)
-                }
+                MasterError::UnknownAgent(_)
+                | MasterError::UnknownFramework(_)
+                | MasterError::UnknownTask(_)
+                | MasterError::UnknownExecutor { .. } => Status::not_found(message),
                 MasterError::NotSubscribed(_) | MasterError::AgentNotRegistered => Status::permission_denied(message),
                 MasterError::FrameworkRemoved(_) | MasterError::AgentGone(_) | MasterError::TaskTerminal(_) => {
                     Status::failed_precondition(message)
@@ -46,6 +47,7 @@ pub fn status_from_actor(error: ActorError) -> Status {
                 | MasterError::AmbiguousTask(..)
                 | MasterError::BadAgentInfo(_)
                 | MasterError::NotRecordable(_)
+                | MasterError::FrameworkFieldChange { .. }
                 | MasterError::BadRole { .. }
                 | MasterError::BadWeight { .. }
                 | MasterError::Ipam(_) => Status::invalid_argument(message),
@@ -93,15 +95,16 @@ impl spb::scheduler_server::Scheduler for SchedulerService {
     type SubscribeStream = BoxStream<spb::Event>;
 
     async fn subscribe(&self, request: Request<spb::Call>) -> Result<Response<Self::SubscribeStream>, Status> {
-        let Call::Subscribe { framework_id, info } =
+        let Call::Subscribe { framework_id, info, suppressed_roles } =
             wire::call_from_pb(request.into_inner()).map_err(status_from_convert)?
         else {
             return Err(Status::invalid_argument("type: the Subscribe method takes a SUBSCRIBE call"));
         };
         let conn = self.handle.new_conn();
         let (tx, rx) = mpsc::channel::<SchedulerEvent>(CONNECTION_BUFFER);
+        let suppressed = suppressed_roles.contains(&info.role);
         let framework_id =
-            self.handle.subscribe(conn, framework_id, info, false, tx).await.map_err(status_from_actor)?;
+            self.handle.subscribe(conn, framework_id, info, false, suppressed, tx).await.map_err(status_from_actor)?;
         let stream_id = uuid::Uuid::new_v4().to_string();
         let header = stream_id.clone();
         self.streams
@@ -114,7 +117,7 @@ impl spb::scheduler_server::Scheduler for SchedulerService {
             stream_id: stream_id.clone(),
             streams: self.streams.clone(),
         };
-        let events = ReceiverStream::new(rx).map(move |event| Ok(wire::event_to_pb(&event, &stream_id)));
+        let events = ReceiverStream::new(rx).map(move |event| Ok(wire::event_to_pb(&event, &stream_id, None)));
         let stream = with_heartbeats(events, self.handle.heartbeat_interval(), wire::heartbeat_pb).map(move |item| {
             let _keep = &guard;
             item

@@ -48,7 +48,7 @@ impl Identity {
         for attempt in [self.framework_id.clone(), None] {
             let conn = master.new_conn();
             let (tx, events) = mpsc::channel(CONNECTION_BUFFER);
-            match master.subscribe(conn, attempt.clone(), info.clone(), true, tx).await {
+            match master.subscribe(conn, attempt.clone(), info.clone(), true, false, tx).await {
                 Ok(framework_id) => {
                     if self.framework_id.as_ref() != Some(&framework_id) {
                         self.framework_id = Some(framework_id.clone());

@@ -8,7 +8,9 @@
 //! - `SUBSCRIBE` answers 200 with a chunked RecordIO stream (`<length>\n<record>`) of events in
 //!   the negotiated type (`Accept`, else the request's), the `Mesos-Stream-Id` header, and a
 //!   HEARTBEAT whenever the stream was quiet for the heartbeat interval.
-//! - Every other call answers 202, and needs the subscription's `Mesos-Stream-Id`.
+//!   `SUBSCRIBED` names the master (`master_info`).
+//! - Every other call answers 202 (`UPDATE_FRAMEWORK`, done before the answer, 200), and needs
+//!   the subscription's `Mesos-Stream-Id`.
 //! - Status codes as Mesos: 400 for a malformed call or a missing or wrong stream id (or one on
 //!   SUBSCRIBE), 403 for a framework that is not subscribed, 406/415 for media types it does not
 //!   speak, 503 while the master stops.
@@ -284,12 +286,20 @@ struct Streams {
 pub struct MesosScheduler {
     handle: MasterHandle,
     streams: Arc<Mutex<Streams>>,
+    /// Told to every framework in SUBSCRIBED.
+    master_info: atoll_proto::pb::v1::MasterInfo,
 }
 
-pub fn router(handle: MasterHandle) -> Router {
-    Router::new()
-        .route("/api/v1/scheduler", post(scheduler_call))
-        .with_state(MesosScheduler { handle, streams: Arc::default() })
+/// The scheduler API, naming the master as `identity` says in SUBSCRIBED.
+pub fn router(handle: MasterHandle, identity: &crate::mesos_state::MasterIdentity) -> Router {
+    let master_info = message_from_json(&identity.master_info(), "atoll.v1.MasterInfo")
+        .and_then(|m| m.transcode_to().map_err(|e| e.to_string()))
+        .expect("the master's own info fits Mesos's MasterInfo");
+    Router::new().route("/api/v1/scheduler", post(scheduler_call)).with_state(MesosScheduler {
+        handle,
+        streams: Arc::default(),
+        master_info,
+    })
 }
 
 /// Forgets a subscription when its HTTP stream ends, whichever way.
@@ -325,12 +335,13 @@ async fn handle_call(api: MesosScheduler, headers: HeaderMap, body: Bytes) -> Re
     let call =
         wire::call_from_pb(decode_call(encoding, &body)?).map_err(|e| MesosApiError::BadRequest(e.to_string()))?;
     match call {
-        Call::Subscribe { framework_id, info } => {
+        Call::Subscribe { framework_id, info, suppressed_roles } => {
             if stream_header.is_some() {
                 return Err(MesosApiError::BadRequest("SUBSCRIBE must not carry a Mesos-Stream-Id".into()));
             }
             let answer = response_encoding(&headers, encoding)?;
-            subscribe(api, framework_id, info, answer).await
+            let suppressed = suppressed_roles.contains(&info.role);
+            subscribe(api, framework_id, info, suppressed, answer).await
         }
         Call::Other { framework_id, call } => {
             let (conn, expected) = {
@@ -353,8 +364,10 @@ async fn handle_call(api: MesosScheduler, headers: HeaderMap, body: Bytes) -> Re
             }
             let conn =
                 conn.ok_or_else(|| MesosApiError::Forbidden(format!("framework {framework_id} is not subscribed")))?;
+            // Mesos answers UPDATE_FRAMEWORK, which it carries out before answering, with 200.
+            let status = if call.kind() == "UPDATE_FRAMEWORK" { StatusCode::OK } else { StatusCode::ACCEPTED };
             api.handle.framework_call(conn, framework_id, call).await?;
-            Ok(StatusCode::ACCEPTED.into_response())
+            Ok(status.into_response())
         }
     }
 }
@@ -363,11 +376,12 @@ async fn subscribe(
     api: MesosScheduler,
     framework_id: Option<FrameworkId>,
     info: atoll_proto::model::FrameworkInfo,
+    suppressed: bool,
     encoding: Encoding,
 ) -> Result<Response, MesosApiError> {
     let conn = api.handle.new_conn();
     let (tx, rx) = mpsc::channel::<SchedulerEvent>(CONNECTION_BUFFER);
-    let framework_id = api.handle.subscribe(conn, framework_id, info, false, tx).await?;
+    let framework_id = api.handle.subscribe(conn, framework_id, info, false, suppressed, tx).await?;
     let stream_id = uuid::Uuid::new_v4().to_string();
     {
         let mut streams = api.streams.lock().map_err(|_| MesosApiError::Unavailable("stream table poisoned".into()))?;
@@ -379,7 +393,9 @@ async fn subscribe(
     }
     let guard = StreamGuard { api: api.clone(), conn, stream_id: stream_id.clone(), framework_id };
     let id_for_events = stream_id.clone();
-    let events = ReceiverStream::new(rx).map(move |event| Ok(wire::event_to_pb(&event, &id_for_events)));
+    let master_info = api.master_info.clone();
+    let events =
+        ReceiverStream::new(rx).map(move |event| Ok(wire::event_to_pb(&event, &id_for_events, Some(&master_info))));
     let stream = with_heartbeats(events, api.handle.heartbeat_interval(), wire::heartbeat_pb).map(move |event| {
         let _keep = &guard;
         event
@@ -497,8 +513,62 @@ mod tests {
                         name: "rt".into(),
                         ..Default::default()
                     }),
+                    suppressed_roles: vec!["web".into()],
                 }),
                 ..base(C::Subscribe)
+            },
+            spb::Call {
+                accept: Some(spb::call::Accept {
+                    offer_ids: vec![oid.clone()],
+                    operations: vec![pb::offer::Operation {
+                        r#type: pb::offer::operation::Type::LaunchGroup as i32,
+                        launch_group: Some(pb::offer::operation::LaunchGroup {
+                            executor: Some(pb::ExecutorInfo {
+                                r#type: Some(pb::executor_info::Type::Default as i32),
+                                executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+                                resources: task.resources.clone(),
+                                ..Default::default()
+                            }),
+                            task_group: Some(pb::TaskGroupInfo { tasks: vec![task.clone(), task.clone()] }),
+                        }),
+                        ..Default::default()
+                    }],
+                    filters,
+                }),
+                ..base(C::Accept)
+            },
+            spb::Call {
+                shutdown: Some(spb::call::Shutdown {
+                    executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+                    agent_id: aid.clone(),
+                }),
+                ..base(C::Shutdown)
+            },
+            spb::Call {
+                message: Some(spb::call::Message {
+                    agent_id: aid.clone(),
+                    executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+                    data: b"hello".to_vec(),
+                }),
+                ..base(C::Message)
+            },
+            spb::Call {
+                request: Some(spb::call::Request {
+                    requests: vec![pb::Request { agent_id: aid.clone(), resources: task.resources.clone() }],
+                }),
+                ..base(C::Request)
+            },
+            spb::Call {
+                update_framework: Some(spb::call::UpdateFramework {
+                    framework_info: Some(pb::FrameworkInfo {
+                        id: fid.clone(),
+                        user: Some("root".into()),
+                        name: "renamed".into(),
+                        ..Default::default()
+                    }),
+                    suppressed_roles: vec![],
+                }),
+                ..base(C::UpdateFramework)
             },
             base(C::Teardown),
             spb::Call {
@@ -506,7 +576,8 @@ mod tests {
                     offer_ids: vec![oid.clone()],
                     operations: vec![pb::offer::Operation {
                         r#type: pb::offer::operation::Type::Launch as i32,
-                        launch: Some(pb::offer::operation::Launch { task_infos: vec![task] }),
+                        launch: Some(pb::offer::operation::Launch { task_infos: vec![task.clone()] }),
+                        ..Default::default()
                     }],
                     filters,
                 }),
@@ -552,6 +623,12 @@ mod tests {
                 subscribed: Some(spb::event::Subscribed {
                     framework_id: fid.clone(),
                     heartbeat_interval_seconds: 15.0,
+                    master_info: Some(pb::MasterInfo {
+                        id: Some("m".into()),
+                        ip: Some(16777343),
+                        port: Some(5050),
+                        ..Default::default()
+                    }),
                     stream_id: "s".into(),
                 }),
                 ..event(E::Subscribed)
@@ -572,10 +649,22 @@ mod tests {
             },
             spb::Event { update: Some(spb::event::Update { status: Some(status) }), ..event(E::Update) },
             spb::Event {
-                failure: Some(spb::event::Failure { agent_id: aid.clone(), status: Some(9) }),
+                failure: Some(spb::event::Failure {
+                    agent_id: aid.clone(),
+                    executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+                    status: Some(9),
+                }),
                 ..event(E::Failure)
             },
-            spb::Event { error: Some(spb::event::Error { message: "gone".into() }), ..event(E::Error) },
+            spb::Event {
+                message: Some(spb::event::Message {
+                    agent_id: aid.clone(),
+                    executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+                    data: vec![0, 255],
+                }),
+                ..event(E::Message)
+            },
+            spb::Event { error: Some(spb::event::Error { message: Some("gone".into()) }), ..event(E::Error) },
             event(E::Heartbeat),
         ];
         for event in events {

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub tasks: Family<Labels, Gauge>,
     pub offers_outstanding: Gauge,
     pub event_subscribers: Gauge,
+    /// Scheduler calls taken, by type: the ones that change nothing here (MESSAGE, REQUEST)
+    /// are still seen.
+    pub scheduler_calls: Family<Labels, Counter>,
     pub batch_seconds: Histogram,
     pub commit_seconds: Histogram,
 }
@@ -39,6 +42,7 @@ impl Metrics {
         let tasks = Family::<Labels, Gauge>::default();
         let offers_outstanding = Gauge::default();
         let event_subscribers = Gauge::default();
+        let scheduler_calls = Family::<Labels, Counter>::default();
         let batch_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         registry.register("events", "Events appended to the log", events.clone());
@@ -48,6 +52,7 @@ impl Metrics {
         registry.register("tasks", "Known tasks by state", tasks.clone());
         registry.register("offers_outstanding", "Offers not yet answered", offers_outstanding.clone());
         registry.register("event_subscribers", "Open event-stream subscriptions", event_subscribers.clone());
+        registry.register("scheduler_calls", "Scheduler calls accepted, by type", scheduler_calls.clone());
         registry.register(
             "batch_seconds",
             "Time to process one batch of inputs, commit included",
@@ -63,6 +68,7 @@ impl Metrics {
             tasks,
             offers_outstanding,
             event_subscribers,
+            scheduler_calls,
             batch_seconds,
             commit_seconds,
         }

@@ -306,6 +306,7 @@ impl RunFramework {
                 SchedulerCall::Accept {
                     offer_ids: vec![offer.id.clone()],
                     launches,
+                    groups: Vec::new(),
                     refuse: Some(Duration::from_secs(1)),
                 }
             });

@@ -74,11 +74,8 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
         .add_service(OperatorServer::new(OperatorService::new(handle.clone())))
         .into_axum_router();
     let read_only = handle.clone();
-    let mesos_scheduler = crate::mesos_scheduler::router(handle.clone());
-    let app = router(ApiState { master: handle, run })
-        .merge(crate::services::api::router(services))
-        .merge(mesos_scheduler)
-        .merge(grpc);
+    let mesos_scheduler = handle.clone();
+    let app = router(ApiState { master: handle, run }).merge(crate::services::api::router(services)).merge(grpc);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: options.listen, source })?;
@@ -87,6 +84,7 @@ pub async fn start(options: MasterOptions) -> Result<RunningMaster, ServerError>
     // once bound (an ephemeral port, a wildcard address).
     let identity = crate::mesos_readonly::identity(address, &options).await;
     let app = app
+        .merge(crate::mesos_scheduler::router(mesos_scheduler, &identity))
         .merge(crate::mesos_operator::router(read_only.clone(), identity.clone()))
         .merge(crate::mesos_readonly::router(read_only, identity))
         .fallback(unknown_path);

@@ -5,18 +5,18 @@
 use std::time::Duration;
 
 use atoll_proto::convert::{ConvertError, convert_each, convert_optional, convert_required, kill_grace_from_pb};
-use atoll_proto::model::{FrameworkId, FrameworkInfo, OfferId, TaskInfo, TaskStatus};
+use atoll_proto::model::{ExecutorId, FrameworkId, FrameworkInfo, OfferId, Resources, TaskInfo, TaskStatus};
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
 use atoll_proto::pb::v1::scheduler as spb;
 use atoll_scheduler_core::master::{
-    AgentCommand, AgentNetworks, AgentRegistration, OfferView, ReportedTask, SchedulerCall, SchedulerEvent,
+    AgentCommand, AgentNetworks, AgentRegistration, OfferView, ReportedTask, SchedulerCall, SchedulerEvent, TaskGroup,
 };
 
 /// A decoded scheduler call.
 #[derive(Debug)]
 pub enum Call {
-    Subscribe { framework_id: Option<FrameworkId>, info: FrameworkInfo },
+    Subscribe { framework_id: Option<FrameworkId>, info: FrameworkInfo, suppressed_roles: Vec<String> },
     Other { framework_id: FrameworkId, call: SchedulerCall },
 }
 
@@ -56,7 +56,8 @@ pub fn call_from_pb(call: spb::Call) -> Result<Call, ConvertError> {
                 expected: a.to_string(),
             });
         }
-        return Ok(Call::Subscribe { framework_id: framework_id.or(info_id), info });
+        let suppressed_roles = subscribe.suppressed_roles;
+        return Ok(Call::Subscribe { framework_id: framework_id.or(info_id), info, suppressed_roles });
     }
     let framework_id = framework_id.ok_or_else(|| missing("framework_id"))?;
     let call = match kind {
@@ -64,19 +65,41 @@ pub fn call_from_pb(call: spb::Call) -> Result<Call, ConvertError> {
             let accept = call.accept.ok_or_else(|| missing("accept"))?;
             let offer_ids: Vec<OfferId> = convert_each(accept.offer_ids, "accept.offer_ids")?;
             let mut launches = Vec::new();
+            let mut groups = Vec::new();
             for (i, operation) in accept.operations.into_iter().enumerate() {
+                use pb::offer::operation::Type as Op;
                 let field = format!("accept.operations[{i}]");
-                let op_type = pb::offer::operation::Type::try_from(operation.r#type).map_err(|_| {
-                    ConvertError::UnknownEnum { field: format!("{field}.type"), value: operation.r#type }
+                let op_type = Op::try_from(operation.r#type).map_err(|_| ConvertError::UnknownEnum {
+                    field: format!("{field}.type"),
+                    value: operation.r#type,
                 })?;
-                if op_type != pb::offer::operation::Type::Launch {
-                    return Err(ConvertError::Unsupported { field: format!("{field}.type"), value: "operation" });
+                match op_type {
+                    Op::Launch => {
+                        let launch = operation.launch.ok_or_else(|| missing(&format!("{field}.launch")))?;
+                        let tasks: Vec<TaskInfo> =
+                            convert_each(launch.task_infos, &format!("{field}.launch.task_infos"))?;
+                        launches.extend(tasks);
+                    }
+                    Op::LaunchGroup => {
+                        let group = operation.launch_group.ok_or_else(|| missing(&format!("{field}.launch_group")))?;
+                        groups.push(task_group_from_pb(group, &format!("{field}.launch_group"))?);
+                    }
+                    // Atoll offers unreserved resources only: reservations and volumes are not
+                    // something it can do.
+                    other => {
+                        return Err(ConvertError::Unsupported {
+                            field: format!("{field}.type"),
+                            value: other.as_str_name(),
+                        });
+                    }
                 }
-                let launch = operation.launch.ok_or_else(|| missing(&format!("{field}.launch")))?;
-                let tasks: Vec<TaskInfo> = convert_each(launch.task_infos, &format!("{field}.launch.task_infos"))?;
-                launches.extend(tasks);
             }
-            SchedulerCall::Accept { offer_ids, launches, refuse: refuse_from(accept.filters, "accept.filters")? }
+            SchedulerCall::Accept {
+                offer_ids,
+                launches,
+                groups,
+                refuse: refuse_from(accept.filters, "accept.filters")?,
+            }
         }
         Type::Decline => {
             let decline = call.decline.ok_or_else(|| missing("decline"))?;
@@ -118,11 +141,69 @@ pub fn call_from_pb(call: spb::Call) -> Result<Call, ConvertError> {
             SchedulerCall::Reconcile { tasks }
         }
         Type::Teardown => SchedulerCall::Teardown,
-        Type::Unknown | Type::Shutdown | Type::Message | Type::Request | Type::Subscribe => {
+        Type::Shutdown => {
+            let shutdown = call.shutdown.ok_or_else(|| missing("shutdown"))?;
+            SchedulerCall::Shutdown {
+                executor_id: convert_required(shutdown.executor_id, "shutdown.executor_id")?,
+                agent_id: convert_required(shutdown.agent_id, "shutdown.agent_id")?,
+            }
+        }
+        Type::Message => {
+            let message = call.message.ok_or_else(|| missing("message"))?;
+            SchedulerCall::Message {
+                agent_id: convert_required(message.agent_id, "message.agent_id")?,
+                executor_id: convert_required(message.executor_id, "message.executor_id")?,
+            }
+        }
+        Type::Request => {
+            let request = call.request.unwrap_or_default();
+            let mut requests = Vec::new();
+            for (i, one) in request.requests.into_iter().enumerate() {
+                let field = format!("request.requests[{i}]");
+                let resources: Resources = atoll_proto::convert::convert(one.resources, &format!("{field}.resources"))?;
+                requests.push((convert_optional(one.agent_id, &format!("{field}.agent_id"))?, resources));
+            }
+            SchedulerCall::Request { requests }
+        }
+        Type::UpdateFramework => {
+            let update = call.update_framework.ok_or_else(|| missing("update_framework"))?;
+            let mut info_pb = update.framework_info.ok_or_else(|| missing("update_framework.framework_info"))?;
+            let info_id: FrameworkId = convert_required(info_pb.id.take(), "update_framework.framework_info.id")?;
+            if info_id != framework_id {
+                return Err(ConvertError::Mismatch {
+                    field: "update_framework.framework_info.id".into(),
+                    value: info_id.to_string(),
+                    expected: framework_id.to_string(),
+                });
+            }
+            let info: FrameworkInfo = atoll_proto::convert::convert(info_pb, "update_framework.framework_info")?;
+            SchedulerCall::UpdateFramework { info, suppressed_roles: update.suppressed_roles }
+        }
+        Type::Unknown
+        | Type::Subscribe
+        | Type::AcceptInverseOffers
+        | Type::DeclineInverseOffers
+        | Type::AcknowledgeOperationStatus
+        | Type::ReconcileOperations => {
             return Err(ConvertError::Unsupported { field: "type".into(), value: kind.as_str_name() });
         }
     };
     Ok(Call::Other { framework_id, call })
+}
+
+/// A LAUNCH_GROUP's executor and tasks. Atoll runs task groups with its own executor (Mesos's
+/// default executor's part): a custom one, with a command of its own, cannot be honoured.
+fn task_group_from_pb(group: pb::offer::operation::LaunchGroup, field: &str) -> Result<TaskGroup, ConvertError> {
+    let executor = group.executor.ok_or_else(|| missing(&format!("{field}.executor")))?;
+    if executor.r#type == Some(pb::executor_info::Type::Custom as i32) || executor.command.is_some() {
+        return Err(ConvertError::Unsupported { field: format!("{field}.executor.type"), value: "CUSTOM" });
+    }
+    let executor_id: ExecutorId = convert_required(executor.executor_id, &format!("{field}.executor.executor_id"))?;
+    let executor_resources: Resources =
+        atoll_proto::convert::convert(executor.resources, &format!("{field}.executor.resources"))?;
+    let task_group = group.task_group.ok_or_else(|| missing(&format!("{field}.task_group")))?;
+    let tasks: Vec<TaskInfo> = convert_each(task_group.tasks, &format!("{field}.task_group.tasks"))?;
+    Ok(TaskGroup { executor_id, executor_resources, tasks })
 }
 
 pub fn offer_to_pb(offer: &OfferView) -> pb::Offer {
@@ -148,7 +229,9 @@ pub fn heartbeat_pb() -> spb::Event {
     spb::Event { r#type: spb::event::Type::Heartbeat as i32, ..Default::default() }
 }
 
-pub fn event_to_pb(event: &SchedulerEvent, stream_id: &str) -> spb::Event {
+/// An event for a framework; `master_info` is told in SUBSCRIBED (the Mesos HTTP API names
+/// the master there).
+pub fn event_to_pb(event: &SchedulerEvent, stream_id: &str, master_info: Option<&pb::MasterInfo>) -> spb::Event {
     use spb::event::Type;
     let mut out = spb::Event::default();
     match event {
@@ -157,6 +240,7 @@ pub fn event_to_pb(event: &SchedulerEvent, stream_id: &str) -> spb::Event {
             out.subscribed = Some(spb::event::Subscribed {
                 framework_id: Some(framework_id.into()),
                 heartbeat_interval_seconds: heartbeat_interval.as_secs_f64(),
+                master_info: master_info.cloned(),
                 stream_id: stream_id.to_owned(),
             });
         }
@@ -174,11 +258,12 @@ pub fn event_to_pb(event: &SchedulerEvent, stream_id: &str) -> spb::Event {
         }
         SchedulerEvent::Failure { agent_id } => {
             out.r#type = Type::Failure as i32;
-            out.failure = Some(spb::event::Failure { agent_id: Some(agent_id.into()), status: None });
+            out.failure =
+                Some(spb::event::Failure { agent_id: Some(agent_id.into()), executor_id: None, status: None });
         }
         SchedulerEvent::Error(message) => {
             out.r#type = Type::Error as i32;
-            out.error = Some(spb::event::Error { message: message.clone() });
+            out.error = Some(spb::event::Error { message: Some(message.clone()) });
         }
     }
     out
@@ -286,6 +371,7 @@ mod tests {
                     launch: Some(pb::offer::operation::Launch {
                         task_infos: vec![pb::TaskInfo { name: "t".into(), ..Default::default() }],
                     }),
+                    ..Default::default()
                 }],
                 filters: Some(pb::Filters { refuse_seconds: Some(1.0) }),
             }),
@@ -307,5 +393,145 @@ mod tests {
             ..Default::default()
         };
         assert!(call_from_pb(decline).unwrap_err().to_string().starts_with("decline.filters.refuse_seconds"));
+    }
+
+    fn accept_with(operation: pb::offer::Operation) -> spb::Call {
+        spb::Call {
+            framework_id: Some(pb::FrameworkId { value: "f".into() }),
+            r#type: spb::call::Type::Accept as i32,
+            accept: Some(spb::call::Accept {
+                offer_ids: vec![pb::OfferId { value: "o".into() }],
+                operations: vec![operation],
+                filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn wire_task(id: &str) -> pb::TaskInfo {
+        let info = atoll_proto::model::TaskInfo {
+            name: id.into(),
+            task_id: atoll_proto::model::TaskId::new(id),
+            agent_id: AgentId::new("a1"),
+            resources: "cpus:0.5;mem:32".parse().unwrap(),
+            command: atoll_proto::model::CommandInfo::shell("sleep 1"),
+            labels: Default::default(),
+            discovery: None,
+            kill_grace_period_secs: None,
+            health_check: None,
+            networks: Vec::new(),
+        };
+        (&info).into()
+    }
+
+    #[test]
+    fn launch_group_takes_the_default_executor_and_refuses_other_operations_by_name() {
+        use pb::offer::operation::{LaunchGroup, Type as Op};
+        let executor = pb::ExecutorInfo {
+            r#type: Some(pb::executor_info::Type::Default as i32),
+            executor_id: Some(pb::ExecutorId { value: "pod".into() }),
+            resources: (&"cpus:0.1;mem:32".parse::<Resources>().unwrap()).into(),
+            ..Default::default()
+        };
+        let group = |executor: pb::ExecutorInfo| pb::offer::Operation {
+            r#type: Op::LaunchGroup as i32,
+            launch_group: Some(LaunchGroup {
+                executor: Some(executor),
+                task_group: Some(pb::TaskGroupInfo { tasks: vec![wire_task("a"), wire_task("b")] }),
+            }),
+            ..Default::default()
+        };
+        let Call::Other { call: SchedulerCall::Accept { launches, groups, .. }, .. } =
+            call_from_pb(accept_with(group(executor.clone()))).unwrap()
+        else {
+            panic!("an accept")
+        };
+        assert!(launches.is_empty());
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].executor_id.as_str(), "pod");
+        assert_eq!(groups[0].executor_resources.to_string(), "cpus:0.1;mem:32");
+        assert_eq!(groups[0].tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+
+        let custom = pb::ExecutorInfo { r#type: Some(pb::executor_info::Type::Custom as i32), ..executor.clone() };
+        let err = call_from_pb(accept_with(group(custom))).unwrap_err().to_string();
+        assert!(err.starts_with("accept.operations[0].launch_group.executor.type"), "{err}");
+        let nameless = pb::ExecutorInfo { executor_id: None, ..executor };
+        let err = call_from_pb(accept_with(group(nameless))).unwrap_err().to_string();
+        assert_eq!(err, "accept.operations[0].launch_group.executor.executor_id: missing");
+        let reserve = pb::offer::Operation { r#type: Op::Reserve as i32, ..Default::default() };
+        let err = call_from_pb(accept_with(reserve)).unwrap_err().to_string();
+        assert!(err.starts_with("accept.operations[0].type") && err.contains("RESERVE"), "{err}");
+    }
+
+    #[test]
+    fn update_framework_must_name_the_calling_framework() {
+        let call = |id: &str| spb::Call {
+            framework_id: Some(pb::FrameworkId { value: "f".into() }),
+            r#type: spb::call::Type::UpdateFramework as i32,
+            update_framework: Some(spb::call::UpdateFramework {
+                framework_info: Some(pb::FrameworkInfo {
+                    id: Some(pb::FrameworkId { value: id.into() }),
+                    name: "n".into(),
+                    ..Default::default()
+                }),
+                suppressed_roles: vec!["*".into()],
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            call_from_pb(call("f")).unwrap(),
+            Call::Other { call: SchedulerCall::UpdateFramework { suppressed_roles, .. }, .. } if suppressed_roles == ["*"]
+        ));
+        let err = call_from_pb(call("g")).unwrap_err().to_string();
+        assert!(err.starts_with("update_framework.framework_info.id"), "{err}");
+        let inverse = spb::Call {
+            framework_id: Some(pb::FrameworkId { value: "f".into() }),
+            r#type: spb::call::Type::AcceptInverseOffers as i32,
+            ..Default::default()
+        };
+        assert!(call_from_pb(inverse).unwrap_err().to_string().contains("ACCEPT_INVERSE_OFFERS"));
+    }
+
+    /// What Atoll sends frameworks carries every field Mesos's protos require, even when its
+    /// value is proto3's default: scalar resources and attributes, TASK_STARTING, no reason.
+    #[test]
+    fn offers_and_updates_carry_every_field_mesos_requires() {
+        use prost::Message as _;
+        use prost_reflect::DynamicMessage;
+        let view = OfferView {
+            id: OfferId::new("o1"),
+            framework_id: FrameworkId::new("f1"),
+            agent_id: AgentId::new("a1"),
+            hostname: "node1".into(),
+            agent_address: "10.0.0.1:5051".parse().unwrap(),
+            attributes: "rack:r1;level:0".parse::<Attributes>().unwrap(),
+            resources: "cpus:1;mem:0.5;ports:[31000-31009]".parse().unwrap(),
+            role: "*".into(),
+        };
+        let mut starting = TaskStatus::new(
+            atoll_proto::model::TaskId::new("t"),
+            atoll_proto::model::TaskState::Starting,
+            atoll_proto::model::Source::Executor,
+            atoll_proto::model::Time(1_000),
+        );
+        starting.uuid = Some(uuid::Uuid::nil());
+        let master_info =
+            pb::MasterInfo { id: Some("m".into()), ip: Some(16777343), port: Some(5050), ..Default::default() };
+        let events = [
+            SchedulerEvent::Subscribed { framework_id: FrameworkId::new("f1"), heartbeat_interval: Duration::ZERO },
+            SchedulerEvent::Offers(vec![view]),
+            SchedulerEvent::Update(starting),
+            SchedulerEvent::Rescind(OfferId::new("o1")),
+            SchedulerEvent::Failure { agent_id: AgentId::new("a1") },
+            SchedulerEvent::Error(String::new()),
+        ];
+        for event in &events {
+            let bytes = event_to_pb(event, "s", Some(&master_info)).encode_to_vec();
+            let dynamic =
+                DynamicMessage::decode(crate::mesos_scheduler::message("atoll.v1.scheduler.Event"), bytes.as_slice())
+                    .unwrap();
+            let missing = crate::mesos_required::missing_required(&dynamic);
+            assert!(missing.is_empty(), "{event:?} lacks {missing:?}");
+        }
     }
 }

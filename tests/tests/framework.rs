@@ -32,7 +32,7 @@ impl Framework {
         };
         let call = spb::Call {
             r#type: spb::call::Type::Subscribe as i32,
-            subscribe: Some(spb::call::Subscribe { framework_info: Some(info) }),
+            subscribe: Some(spb::call::Subscribe { framework_info: Some(info), suppressed_roles: Vec::new() }),
             ..Default::default()
         };
         let response = client.subscribe(call).await.unwrap();
@@ -130,6 +130,7 @@ fn launch(offer: &pb::Offer, task_id: &str, command: &str, cpus: f64) -> spb::Ca
             operations: vec![pb::offer::Operation {
                 r#type: pb::offer::operation::Type::Launch as i32,
                 launch: Some(pb::offer::operation::Launch { task_infos: vec![task] }),
+                ..Default::default()
             }],
             filters: Some(pb::Filters { refuse_seconds: Some(0.0) }),
         }),

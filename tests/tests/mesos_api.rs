@@ -198,6 +198,7 @@ async fn the_scheduler_api_speaks_mesos_wire_rules() {
                 name: "protobuf".into(),
                 ..Default::default()
             }),
+            suppressed_roles: Vec::new(),
         }),
         ..Default::default()
     };
@@ -212,6 +213,215 @@ async fn the_scheduler_api_speaks_mesos_wire_rules() {
     // A path the master does not serve is a 404 for HTTP clients, not gRPC's 200.
     let missing = http.post(format!("{}/api/v0/nothing", cluster.master_url())).body("{}").send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// A framework speaking protobuf to the scheduler API, as the Mesos C++ and Java libraries do.
+struct ProtobufFramework {
+    http: reqwest::Client,
+    url: String,
+    stream_id: String,
+    framework_id: atoll_proto::pb::v1::FrameworkId,
+    events: Records,
+}
+
+impl ProtobufFramework {
+    const PROTOBUF: &str = "application/x-protobuf";
+
+    async fn subscribe(cluster: &Cluster, info: atoll_proto::pb::v1::FrameworkInfo) -> (ProtobufFramework, spb::Event) {
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/v1/scheduler", cluster.master_url());
+        let subscribe = spb::Call {
+            r#type: spb::call::Type::Subscribe as i32,
+            subscribe: Some(spb::call::Subscribe { framework_info: Some(info), suppressed_roles: Vec::new() }),
+            ..Default::default()
+        };
+        let response = http
+            .post(&url)
+            .header("content-type", Self::PROTOBUF)
+            .body(subscribe.encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let stream_id = response.headers()["mesos-stream-id"].to_str().unwrap().to_owned();
+        let mut events = Records::new(response);
+        let first = spb::Event::decode(events.next().await.as_slice()).unwrap();
+        let framework_id = first.subscribed.as_ref().expect("SUBSCRIBED first").framework_id.clone().unwrap();
+        (ProtobufFramework { http, url, stream_id, framework_id, events }, first)
+    }
+
+    async fn call(&self, kind: spb::call::Type, call: spb::Call) -> (u16, String) {
+        let call = spb::Call { framework_id: Some(self.framework_id.clone()), r#type: kind as i32, ..call };
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", Self::PROTOBUF)
+            .header("mesos-stream-id", &self.stream_id)
+            .body(call.encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn next_offer(&mut self) -> atoll_proto::pb::v1::Offer {
+        loop {
+            let event = spb::Event::decode(self.events.next().await.as_slice()).unwrap();
+            if let Some(offers) = event.offers {
+                return offers.offers[0].clone();
+            }
+        }
+    }
+
+    /// Updates until each of `tasks` reached `state`, acknowledging each (an agent sends a
+    /// task's next update only once the last one is acknowledged).
+    async fn until_all(&mut self, tasks: &[&str], state: atoll_proto::pb::v1::TaskState) {
+        use atoll_proto::pb::v1::TaskState;
+        let mut reached = std::collections::BTreeSet::new();
+        while reached.len() < tasks.len() {
+            let event = spb::Event::decode(self.events.next().await.as_slice()).unwrap();
+            let Some(update) = event.update else { continue };
+            let status = update.status.unwrap();
+            let id = status.task_id.clone().unwrap().value;
+            if status.state() == state && tasks.contains(&id.as_str()) {
+                reached.insert(id);
+            } else {
+                assert!(!matches!(status.state(), TaskState::TaskError | TaskState::TaskFailed), "{status:?}");
+            }
+            if !status.uuid.is_empty() {
+                let ack = spb::call::Acknowledge {
+                    agent_id: status.agent_id.clone(),
+                    task_id: status.task_id.clone(),
+                    uuid: status.uuid.clone(),
+                };
+                let call = spb::Call { acknowledge: Some(ack), ..Default::default() };
+                assert_eq!(self.call(spb::call::Type::Acknowledge, call).await.0, 202);
+            }
+        }
+    }
+}
+
+/// A protobuf framework: LAUNCH_GROUP runs a task group whole and ends it together; MESSAGE,
+/// REQUEST, UPDATE_FRAMEWORK and SHUTDOWN get Mesos's answers; SUBSCRIBED names the master.
+#[tokio::test]
+async fn a_protobuf_framework_runs_a_task_group_and_the_other_calls() {
+    use atoll_proto::pb::v1 as pb;
+    use spb::call::Type as C;
+    let cluster = Cluster::start().await.unwrap();
+    let info = pb::FrameworkInfo { user: Some("root".into()), name: "pods".into(), ..Default::default() };
+    let (mut framework, subscribed) = ProtobufFramework::subscribe(&cluster, info.clone()).await;
+    let master = subscribed.subscribed.unwrap().master_info.expect("SUBSCRIBED names the master");
+    assert_eq!(master.port(), u32::from(cluster.master_port));
+    assert_eq!(master.ip(), u32::from_le_bytes(cluster.master_ip.parse::<std::net::Ipv4Addr>().unwrap().octets()));
+    let offer = framework.next_offer().await;
+
+    let resources =
+        |text: &str| -> Vec<pb::Resource> { (&text.parse::<atoll_proto::model::Resources>().unwrap()).into() };
+    let task = |id: &str| pb::TaskInfo {
+        name: id.into(),
+        task_id: Some(pb::TaskId { value: id.into() }),
+        agent_id: offer.agent_id.clone(),
+        resources: resources("cpus:0.1;mem:16"),
+        command: Some(pb::CommandInfo { value: "sleep 600".into(), shell: Some(true), ..Default::default() }),
+        ..Default::default()
+    };
+    let accept = |offer: &pb::Offer, operation: pb::offer::Operation| spb::Call {
+        accept: Some(spb::call::Accept {
+            offer_ids: vec![offer.id.clone().unwrap()],
+            operations: vec![operation],
+            filters: None,
+        }),
+        ..Default::default()
+    };
+    let executor = pb::ExecutorInfo {
+        r#type: Some(pb::executor_info::Type::Default as i32),
+        executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+        resources: resources("cpus:0.1;mem:32"),
+        ..Default::default()
+    };
+    let launch_group = pb::offer::Operation {
+        r#type: pb::offer::operation::Type::LaunchGroup as i32,
+        launch_group: Some(pb::offer::operation::LaunchGroup {
+            executor: Some(executor),
+            task_group: Some(pb::TaskGroupInfo { tasks: vec![task("pod-web"), task("pod-sidecar")] }),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::Accept, accept(&offer, launch_group)).await.0, 202);
+    framework.until_all(&["pod-web", "pod-sidecar"], pb::TaskState::TaskRunning).await;
+    let web = cluster.task("pod-web").await.unwrap();
+    assert_eq!(web["executor_id"], "pod-1", "{web}");
+
+    // MESSAGE and REQUEST are taken (202); a message to an agent the master does not know is not.
+    let message = |agent: Option<pb::AgentId>| spb::Call {
+        message: Some(spb::call::Message {
+            agent_id: agent,
+            executor_id: Some(pb::ExecutorId { value: "pod-1".into() }),
+            data: b"hi".to_vec(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::Message, message(offer.agent_id.clone())).await.0, 202);
+    assert_eq!(framework.call(C::Message, message(Some(pb::AgentId { value: "nope".into() }))).await.0, 400);
+    let request = spb::Call {
+        request: Some(spb::call::Request {
+            requests: vec![pb::Request { agent_id: offer.agent_id.clone(), resources: resources("cpus:1") }],
+        }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::Request, request).await.0, 202);
+    // UPDATE_FRAMEWORK: 200, and the master shows the new name; a role change is refused.
+    let update = |name: &str, role: &str| spb::Call {
+        update_framework: Some(spb::call::UpdateFramework {
+            framework_info: Some(pb::FrameworkInfo {
+                id: Some(framework.framework_id.clone()),
+                name: name.into(),
+                role: role.into(),
+                ..info.clone()
+            }),
+            suppressed_roles: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::UpdateFramework, update("pods-renamed", "")).await.0, 200);
+    let frameworks = cluster.get("/v1/frameworks").await.unwrap();
+    assert!(frameworks.as_array().unwrap().iter().any(|f| f["info"]["name"] == "pods-renamed"), "{frameworks}");
+    let (status, body) = framework.call(C::UpdateFramework, update("pods", "other")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("role"), "{body}");
+
+    // One task of the group is killed: the group ends with it.
+    let kill = spb::Call {
+        kill: Some(spb::call::Kill {
+            task_id: Some(pb::TaskId { value: "pod-sidecar".into() }),
+            agent_id: None,
+            kill_policy: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::Kill, kill).await.0, 202);
+    framework.until_all(&["pod-web", "pod-sidecar"], pb::TaskState::TaskKilled).await;
+
+    // SHUTDOWN of a task launched on its own (its executor is named after it) kills it.
+    let offer = framework.next_offer().await;
+    let launch = pb::offer::Operation {
+        r#type: pb::offer::operation::Type::Launch as i32,
+        launch: Some(pb::offer::operation::Launch { task_infos: vec![task("solo")] }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::Accept, accept(&offer, launch)).await.0, 202);
+    framework.until_all(&["solo"], pb::TaskState::TaskRunning).await;
+    let shutdown = |executor: &str| spb::Call {
+        shutdown: Some(spb::call::Shutdown {
+            executor_id: Some(pb::ExecutorId { value: executor.into() }),
+            agent_id: offer.agent_id.clone(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(framework.call(C::Shutdown, shutdown("solo")).await.0, 202);
+    framework.until_all(&["solo"], pb::TaskState::TaskKilled).await;
+    assert_eq!(framework.call(C::Shutdown, shutdown("no-such-executor")).await.0, 400);
+    assert_eq!(framework.call(C::Teardown, spb::Call::default()).await.0, 202);
 }
 
 #[tokio::test]

@@ -118,7 +118,12 @@ fn simulate(target: u64, registry: Option<&Registry>) -> anyhow::Result<Run> {
                                 networks: Vec::new(),
                             });
                         }
-                        let call = SchedulerCall::Accept { offer_ids: vec![offer.id], launches, refuse: None };
+                        let call = SchedulerCall::Accept {
+                            offer_ids: vec![offer.id],
+                            launches,
+                            groups: Vec::new(),
+                            refuse: None,
+                        };
                         inputs.push_back(Input::Call { conn, call });
                     }
                 }

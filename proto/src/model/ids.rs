@@ -51,3 +51,8 @@ id_type!(
     /// An offer, assigned by the master.
     OfferId
 );
+id_type!(
+    /// The executor of a task group, chosen by its framework (a task launched on its own has
+    /// none: its executor is its own).
+    ExecutorId
+);

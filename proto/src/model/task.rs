@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AgentId, FrameworkId, HealthCheck, Labels, NetworkRequest, Resources, TaskId, Time};
+use super::{AgentId, ExecutorId, FrameworkId, HealthCheck, Labels, NetworkRequest, Resources, TaskId, Time};
 
 /// Mesos task states, with their Mesos names (`TASK_RUNNING`, …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -372,6 +372,10 @@ pub struct Task {
     /// The health check verdict, when the task has one.
     pub healthy: Option<bool>,
     pub status: TaskStatus,
+    /// The executor of the task group it was launched in (LAUNCH_GROUP); none for a task
+    /// launched on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_id: Option<ExecutorId>,
 }
 
 impl Task {
@@ -397,6 +401,7 @@ impl Task {
             ip_addresses: Vec::new(),
             healthy: None,
             status,
+            executor_id: None,
         }
     }
 

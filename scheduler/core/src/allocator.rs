@@ -640,6 +640,12 @@ impl Allocator {
         self.set_framework_flags(framework, |f| f.suppressed = true);
     }
 
+    /// Offers again to a suppressed framework, keeping its filters (Mesos's UPDATE_FRAMEWORK
+    /// without the role among `suppressed_roles`).
+    pub fn unsuppress(&mut self, framework: &FrameworkId) {
+        self.set_framework_flags(framework, |f| f.suppressed = false);
+    }
+
     /// Clears suppression and every filter of the framework.
     pub fn revive(&mut self, framework: &FrameworkId) {
         let Some(state) = self.frameworks.get_mut(framework) else {

@@ -744,7 +744,12 @@ impl Services {
                 let refuse = if still_wanted { BUSY_REFUSE } else { IDLE_REFUSE };
                 SchedulerCall::Decline { offer_ids: vec![offer.id.clone()], refuse: Some(refuse) }
             } else {
-                SchedulerCall::Accept { offer_ids: vec![offer.id.clone()], launches, refuse: Some(BUSY_REFUSE) }
+                SchedulerCall::Accept {
+                    offer_ids: vec![offer.id.clone()],
+                    launches,
+                    groups: Vec::new(),
+                    refuse: Some(BUSY_REFUSE),
+                }
             };
             self.call(sub, call).await;
         }

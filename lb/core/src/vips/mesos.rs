@@ -594,6 +594,7 @@ impl MesosTask {
             ip_addresses,
             healthy: self.healthy,
             status,
+            executor_id: None,
         }
     }
 }

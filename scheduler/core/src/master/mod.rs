@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, App, AppId, Capability, ClusterState, Deployment, Event, EventKind, Framework,
-    FrameworkId, FrameworkInfo, OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo, TaskState, TaskStatus,
-    Time, VipAssignment,
+    Agent, AgentId, AgentState, App, AppId, Capability, ClusterState, Deployment, Event, EventKind, ExecutorId,
+    Framework, FrameworkId, FrameworkInfo, OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo, TaskState,
+    TaskStatus, Time, VipAssignment,
 };
 
 use crate::allocator::{Allocation, Allocator};
@@ -805,8 +805,8 @@ impl Master {
             return Err(MasterError::NotSubscribed(framework_id.clone()));
         }
         match call {
-            SchedulerCall::Accept { offer_ids, launches, refuse } => {
-                self.accept(conn, framework_id, offer_ids, launches, refuse, now)
+            SchedulerCall::Accept { offer_ids, launches, groups, refuse } => {
+                self.accept(conn, framework_id, offer_ids, launches, groups, refuse, now)
             }
             SchedulerCall::Decline { offer_ids, refuse } => {
                 let until = now.saturating_add(refuse.unwrap_or(self.config.default_refuse));
@@ -838,16 +838,125 @@ impl Master {
             }
             SchedulerCall::Reconcile { tasks } => self.reconcile(conn, framework_id, tasks, now),
             SchedulerCall::Teardown => self.remove_framework(framework_id, now),
+            SchedulerCall::Shutdown { executor_id, agent_id } => {
+                let tasks = self.executor_tasks(framework_id, &agent_id, &executor_id)?;
+                for key in tasks {
+                    self.send_kill(&key, None);
+                }
+            }
+            SchedulerCall::Message { agent_id, executor_id } => {
+                self.executor_tasks(framework_id, &agent_id, &executor_id)?;
+            }
+            SchedulerCall::Request { requests } => {
+                for (agent_id, _) in requests {
+                    if let Some(agent_id) = agent_id
+                        && !self.agents.contains_key(&agent_id)
+                    {
+                        return Err(MasterError::UnknownAgent(agent_id));
+                    }
+                }
+            }
+            SchedulerCall::UpdateFramework { info, suppressed_roles } => {
+                self.update_framework(framework_id, info, &suppressed_roles, now)?;
+            }
         }
         Ok(())
     }
 
+    /// The live tasks of the framework's executor on the agent (a task launched on its own is
+    /// its own executor, under its task id, as Mesos's command executor is).
+    fn executor_tasks(
+        &self,
+        framework_id: &FrameworkId,
+        agent_id: &AgentId,
+        executor_id: &ExecutorId,
+    ) -> Result<Vec<TaskKey>, MasterError> {
+        let agent = self.agents.get(agent_id).ok_or_else(|| MasterError::UnknownAgent(agent_id.clone()))?;
+        let tasks: Vec<TaskKey> = agent
+            .tasks
+            .iter()
+            .filter(|key| &key.0 == framework_id)
+            .filter(|key| {
+                self.tasks.get(*key).is_some_and(|task| match &task.executor_id {
+                    Some(id) => id == executor_id,
+                    None => task.id.as_str() == executor_id.as_str(),
+                })
+            })
+            .cloned()
+            .collect();
+        if tasks.is_empty() {
+            return Err(MasterError::UnknownExecutor {
+                framework: framework_id.clone(),
+                executor: executor_id.clone(),
+                agent: agent_id.clone(),
+            });
+        }
+        Ok(tasks)
+    }
+
+    /// UPDATE_FRAMEWORK: a subscribed framework changes its info in place. Its role, user and
+    /// principal stay (the allocator's accounts and the agents' users hang on them).
+    fn update_framework(
+        &mut self,
+        framework_id: &FrameworkId,
+        info: FrameworkInfo,
+        suppressed_roles: &[String],
+        now: Time,
+    ) -> Result<(), MasterError> {
+        if info.name.trim().is_empty() {
+            return Err(MasterError::EmptyFrameworkName);
+        }
+        let entry =
+            self.frameworks.get(framework_id).ok_or_else(|| MasterError::UnknownFramework(framework_id.clone()))?;
+        let old = &entry.view.info;
+        let fixed = [
+            ("role", &old.role, &info.role),
+            ("user", &old.user, &info.user),
+            ("principal", &old.principal, &info.principal),
+        ];
+        for (field, from, to) in fixed {
+            if from != to {
+                if field == "role" {
+                    return Err(MasterError::RoleChange {
+                        framework: framework_id.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                    });
+                }
+                return Err(MasterError::FrameworkFieldChange {
+                    framework: framework_id.clone(),
+                    field,
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+        let suppressed = suppressed_roles.iter().any(|r| r == &info.role);
+        let entry = self.frameworks.get_mut(framework_id).expect("checked");
+        let changed = entry.view.info != info;
+        entry.view.info = info;
+        let framework = entry.view.clone();
+        if suppressed {
+            self.allocator.suppress(framework_id);
+        } else {
+            self.allocator.unsuppress(framework_id);
+            self.full_allocation_due = true;
+        }
+        if changed {
+            self.emit(now, EventKind::FrameworkUpdated { framework });
+        }
+        Ok(())
+    }
+
+    // One call's parts, as the scheduler API has them.
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
         conn: ConnId,
         framework_id: &FrameworkId,
         offer_ids: Vec<OfferId>,
         launches: Vec<TaskInfo>,
+        groups: Vec<TaskGroup>,
         refuse: Option<Duration>,
         now: Time,
     ) {
@@ -890,7 +999,8 @@ impl Master {
                 }
             }
             let state = if self.partition_aware(framework_id) { TaskState::Dropped } else { TaskState::Lost };
-            for task in launches {
+            let grouped = groups.into_iter().flat_map(|g| g.tasks);
+            for task in launches.into_iter().chain(grouped) {
                 let status = TaskStatus::new(task.task_id, state, Source::Master, now)
                     .with_reason(Reason::InvalidOffers, problem.clone());
                 self.outbox.push(Output::ToFramework { conn, event: SchedulerEvent::Update(status) });
@@ -903,8 +1013,6 @@ impl Master {
             let offer = self.offers.remove(offer_id).expect("validated");
             pool.add(&offer.resources);
         }
-        let framework = self.frameworks.get(framework_id).map(|f| f.view.clone()).expect("checked by caller");
-        let agent_conn = self.agents.get(&agent_id).and_then(|a| a.conn);
         let mut in_this_call = BTreeSet::new();
         for task in launches {
             let invalid = self.launch_problem(framework_id, &agent_id, &task, &pool, &mut in_this_call);
@@ -915,37 +1023,125 @@ impl Master {
                 continue;
             }
             pool.subtract(&task.resources);
-            let key = (framework_id.clone(), task.task_id.clone());
-            let added = Task::launched(framework_id.clone(), task.clone(), now);
-            if self.tasks.contains_key(&key) {
-                // The id belonged to a finished task; the new one replaces its record.
-                if let Some(queue) = self.completed.get_mut(framework_id) {
-                    queue.retain(|id| id != &key.1);
+            self.launch(framework_id, &agent_id, task, None, now);
+        }
+        for group in groups {
+            match self.group_problem(framework_id, &agent_id, &group, &pool, &mut in_this_call) {
+                Some(message) => {
+                    for task in group.tasks {
+                        let status = TaskStatus::new(task.task_id, TaskState::Error, Source::Master, now)
+                            .with_reason(Reason::TaskGroupInvalid, message.clone());
+                        self.outbox.push(Output::ToFramework { conn, event: SchedulerEvent::Update(status) });
+                    }
                 }
-            }
-            self.tasks.insert(key.clone(), added.clone());
-            if let Some(entry) = self.agents.get_mut(&agent_id) {
-                entry.tasks.insert(key.clone());
-            }
-            self.assign_vips_for(&added, now);
-            self.emit(now, EventKind::TaskAdded { task: added });
-            match agent_conn {
-                Some(agent_conn) => self.outbox.push(Output::ToAgent {
-                    conn: agent_conn,
-                    command: AgentCommand::Launch { framework: framework.clone(), task },
-                }),
                 None => {
-                    let state = if self.partition_aware(framework_id) { TaskState::Dropped } else { TaskState::Lost };
-                    let status = self
-                        .master_status(&key, state, now)
-                        .with_reason(Reason::AgentDisconnected, "the agent disconnected before the launch");
-                    self.set_status_and_notify(&key, status, now);
+                    let executor_running = !self.live_group(framework_id, &agent_id, &group.executor_id).is_empty();
+                    for (i, mut task) in group.tasks.into_iter().enumerate() {
+                        if i == 0 && !executor_running {
+                            task.resources.add(&group.executor_resources);
+                        }
+                        pool.subtract(&task.resources);
+                        self.launch(framework_id, &agent_id, task, Some(group.executor_id.clone()), now);
+                    }
                 }
             }
         }
         let until = now.saturating_add(refuse.unwrap_or(self.config.default_refuse));
         self.allocator.recover(&agent_id, framework_id, &pool, Some(until));
         self.dirty_agents.insert(agent_id);
+    }
+
+    /// Why a task group cannot launch from `pool`, if it cannot: any of its tasks, its executor,
+    /// or all of it together not fitting. Nothing is changed either way.
+    fn group_problem(
+        &self,
+        framework_id: &FrameworkId,
+        agent_id: &AgentId,
+        group: &TaskGroup,
+        pool: &Resources,
+        in_this_call: &mut BTreeSet<TaskId>,
+    ) -> Option<String> {
+        let executor = group.executor_id.as_str();
+        if executor.trim().is_empty() || executor.contains(['/', '\0']) || executor == "." || executor == ".." {
+            return Some(format!("executor_id `{executor}` must be non-empty without '/' or NUL, nor '.' or '..'"));
+        }
+        if group.tasks.is_empty() {
+            return Some("a task group needs at least one task".into());
+        }
+        let executor_running = !self.live_group(framework_id, agent_id, &group.executor_id).is_empty();
+        let mut needed = Resources::new();
+        if !executor_running {
+            if let Err(e) = pool.check_kinds(&group.executor_resources) {
+                return Some(format!("executor resources: {e}"));
+            }
+            needed.add(&group.executor_resources);
+        }
+        for task in &group.tasks {
+            let mut fits = pool.clone();
+            fits.subtract(&needed);
+            if let Some(problem) = self.launch_problem(framework_id, agent_id, task, &fits, in_this_call) {
+                return Some(format!("task `{}`: {problem}", task.task_id));
+            }
+            needed.add(&task.resources);
+        }
+        None
+    }
+
+    /// The live tasks of a task group's executor on an agent.
+    fn live_group(&self, framework_id: &FrameworkId, agent_id: &AgentId, executor_id: &ExecutorId) -> Vec<TaskKey> {
+        let Some(agent) = self.agents.get(agent_id) else { return Vec::new() };
+        agent
+            .tasks
+            .iter()
+            .filter(|key| &key.0 == framework_id)
+            .filter(|key| {
+                self.tasks
+                    .get(*key)
+                    .is_some_and(|t| !t.state.is_terminal() && t.executor_id.as_ref() == Some(executor_id))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Records a validated task (its resources already taken from the offers) and sends it to
+    /// its agent.
+    fn launch(
+        &mut self,
+        framework_id: &FrameworkId,
+        agent_id: &AgentId,
+        task: TaskInfo,
+        executor_id: Option<ExecutorId>,
+        now: Time,
+    ) {
+        let framework = self.frameworks.get(framework_id).map(|f| f.view.clone()).expect("checked by caller");
+        let agent_conn = self.agents.get(agent_id).and_then(|a| a.conn);
+        let key = (framework_id.clone(), task.task_id.clone());
+        let mut added = Task::launched(framework_id.clone(), task.clone(), now);
+        added.executor_id = executor_id;
+        if self.tasks.contains_key(&key) {
+            // The id belonged to a finished task; the new one replaces its record.
+            if let Some(queue) = self.completed.get_mut(framework_id) {
+                queue.retain(|id| id != &key.1);
+            }
+        }
+        self.tasks.insert(key.clone(), added.clone());
+        if let Some(entry) = self.agents.get_mut(agent_id) {
+            entry.tasks.insert(key.clone());
+        }
+        self.assign_vips_for(&added, now);
+        self.emit(now, EventKind::TaskAdded { task: added });
+        match agent_conn {
+            Some(agent_conn) => self
+                .outbox
+                .push(Output::ToAgent { conn: agent_conn, command: AgentCommand::Launch { framework, task } }),
+            None => {
+                let state = if self.partition_aware(framework_id) { TaskState::Dropped } else { TaskState::Lost };
+                let status = self
+                    .master_status(&key, state, now)
+                    .with_reason(Reason::AgentDisconnected, "the agent disconnected before the launch");
+                self.set_status_and_notify(&key, status, now);
+            }
+        }
     }
 
     fn launch_problem(
@@ -1418,6 +1614,16 @@ impl Master {
         let Some(task) = self.tasks.get(key) else { return };
         let agent_id = task.agent_id.clone();
         let resources = task.resources.clone();
+        if let Some(executor_id) = task.executor_id.clone()
+            && task.state != TaskState::Finished
+        {
+            // A task group lives and dies whole, as under Mesos's default executor.
+            for sibling in self.live_group(&key.0, &agent_id, &executor_id) {
+                if self.tasks.get(&sibling).is_some_and(|t| t.state != TaskState::Killing) {
+                    self.send_kill(&sibling, None);
+                }
+            }
+        }
         self.pending_kills.remove(key);
         if let Some(entry) = self.agents.get_mut(&agent_id) {
             entry.tasks.remove(key);

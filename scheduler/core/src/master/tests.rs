@@ -101,6 +101,7 @@ impl Cluster {
         let call = SchedulerCall::Accept {
             offer_ids: offers.iter().map(|o| o.id.clone()).collect(),
             launches: vec![task_info(id, &self.agent, resources)],
+            groups: Vec::new(),
             refuse: Some(Duration::ZERO),
         };
         let framework = self.framework.clone();
@@ -206,7 +207,12 @@ fn invalid_launches_change_nothing() {
     no_command.command = CommandInfo::shell("");
     let mut wrong_agent = task_info("elsewhere", &AgentId::new("other"), "cpus:1");
     wrong_agent.name = "x".into();
-    let call = SchedulerCall::Accept { offer_ids: ids, launches: vec![too_big, no_command, wrong_agent], refuse: None };
+    let call = SchedulerCall::Accept {
+        offer_ids: ids,
+        launches: vec![too_big, no_command, wrong_agent],
+        groups: Vec::new(),
+        refuse: None,
+    };
     c.master.framework_call(FW_CONN, &fw, call, t(1.0)).unwrap();
     let out = c.drain();
     let updates = Cluster::updates_to_framework(&out);
@@ -229,8 +235,12 @@ fn unknown_offers_drop_tasks_and_return_the_valid_offers() {
     let mut ids: Vec<OfferId> = offers.iter().map(|o| o.id.clone()).collect();
     ids.push(OfferId::new("no-such-offer"));
     let fw = c.framework.clone();
-    let call =
-        SchedulerCall::Accept { offer_ids: ids, launches: vec![task_info("a", &c.agent, "cpus:1")], refuse: None };
+    let call = SchedulerCall::Accept {
+        offer_ids: ids,
+        launches: vec![task_info("a", &c.agent, "cpus:1")],
+        groups: Vec::new(),
+        refuse: None,
+    };
     c.master.framework_call(FW_CONN, &fw, call, t(1.0)).unwrap();
     let updates = Cluster::updates_to_framework(&c.drain());
     assert_eq!(updates[0].state, TaskState::Dropped);
@@ -672,7 +682,7 @@ enum Op {
     DisconnectAgent(u8),
     Subscribe(u8),
     DisconnectFramework(u8),
-    AcceptAll { framework: u8, cpus: u8 },
+    AcceptAll { framework: u8, cpus: u8, grouped: bool },
     DeclineAll(u8),
     Update { task: u8, state: u8 },
     Kill(u8),
@@ -690,7 +700,11 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3).prop_map(Op::DisconnectAgent),
         (0u8..3).prop_map(Op::Subscribe),
         (0u8..3).prop_map(Op::DisconnectFramework),
-        (0u8..3, 1u8..3).prop_map(|(framework, cpus)| Op::AcceptAll { framework, cpus }),
+        (0u8..3, 1u8..3, any::<bool>()).prop_map(|(framework, cpus, grouped)| Op::AcceptAll {
+            framework,
+            cpus,
+            grouped
+        }),
         (0u8..3).prop_map(Op::DeclineAll),
         (0u8..20, 0u8..6).prop_map(|(task, state)| Op::Update { task, state }),
         (0u8..20).prop_map(Op::Kill),
@@ -785,7 +799,7 @@ impl World {
                     self.master.framework_disconnected(conn, now);
                 }
             }
-            Op::AcceptAll { framework, cpus } => {
+            Op::AcceptAll { framework, cpus, grouped } => {
                 let (Some(conn), Some(id)) = (self.fw_conn[framework as usize], self.fw_id[framework as usize].clone())
                 else {
                     return;
@@ -794,10 +808,19 @@ impl World {
                 if let Some(first) = mine.first() {
                     let same_agent: Vec<OfferId> =
                         mine.iter().filter(|o| o.agent_id == first.agent_id).map(|o| o.id.clone()).collect();
-                    let task_id = TaskId(format!("t{}", self.launched.len()));
-                    let task = task_info(task_id.as_str(), &first.agent_id, &format!("cpus:{cpus};mem:10"));
-                    self.launched.push((id.clone(), task_id, first.agent_id.clone()));
-                    let call = SchedulerCall::Accept { offer_ids: same_agent, launches: vec![task], refuse: None };
+                    let mut tasks = Vec::new();
+                    for _ in 0..if grouped { 2 } else { 1 } {
+                        let task_id = TaskId(format!("t{}", self.launched.len()));
+                        tasks.push(task_info(task_id.as_str(), &first.agent_id, &format!("cpus:{cpus};mem:10")));
+                        self.launched.push((id.clone(), task_id, first.agent_id.clone()));
+                    }
+                    let (launches, groups) = if grouped {
+                        let executor = format!("ex-{}", self.launched.len());
+                        (Vec::new(), vec![group(&executor, tasks, "cpus:0.1;mem:32")])
+                    } else {
+                        (tasks, Vec::new())
+                    };
+                    let call = SchedulerCall::Accept { offer_ids: same_agent, launches, groups, refuse: None };
                     let _ = self.master.framework_call(conn, &id, call, now);
                 }
             }
@@ -1067,6 +1090,7 @@ fn named_vips_get_one_stable_address_per_name() {
     let call = SchedulerCall::Accept {
         offer_ids: offers.iter().map(|o| o.id.clone()).collect(),
         launches: tasks,
+        groups: Vec::new(),
         refuse: None,
     };
     c.master.framework_call(FW_CONN, &fw, call, t(1.0)).unwrap();
@@ -1152,4 +1176,156 @@ fn operator_weights_are_checked_whole_saved_and_win_over_configured_ones() {
         recovered.role_weights(),
         BTreeMap::from([("eng".to_owned(), 2.0), ("eng/web".to_owned(), 0.5), ("ops".to_owned(), 3.0)])
     );
+}
+
+fn group(executor: &str, tasks: Vec<TaskInfo>, executor_resources: &str) -> TaskGroup {
+    TaskGroup { executor_id: ExecutorId::new(executor), executor_resources: executor_resources.parse().unwrap(), tasks }
+}
+
+impl Cluster {
+    fn accept_groups(&mut self, groups: Vec<TaskGroup>, now: Time) -> Vec<Output> {
+        let offers = self.offers(now);
+        assert!(!offers.is_empty(), "expected an offer");
+        let call = SchedulerCall::Accept {
+            offer_ids: offers.iter().map(|o| o.id.clone()).collect(),
+            launches: Vec::new(),
+            groups,
+            refuse: Some(Duration::ZERO),
+        };
+        let framework = self.framework.clone();
+        self.master.framework_call(FW_CONN, &framework, call, now).unwrap();
+        self.drain()
+    }
+
+    fn kills(outputs: &[Output]) -> Vec<String> {
+        let mut killed: Vec<String> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ToAgent { command: AgentCommand::Kill { task_id, .. }, .. } => Some(task_id.to_string()),
+                _ => None,
+            })
+            .collect();
+        killed.sort();
+        killed
+    }
+}
+
+#[test]
+fn task_groups_launch_whole_or_not_at_all_and_fail_together() {
+    let mut c = Cluster::new(false);
+    // One task does not fit: none of the group launches, each is told why.
+    let bad = group("ex", vec![task_info("a", &c.agent, "cpus:1"), task_info("b", &c.agent, "cpus:9")], "cpus:0.1");
+    let out = c.accept_groups(vec![bad], t(1.0));
+    let updates = Cluster::updates_to_framework(&out);
+    assert_eq!(updates.len(), 2);
+    assert!(updates.iter().all(|s| s.state == TaskState::Error && s.reason == Some(Reason::TaskGroupInvalid)));
+    assert!(updates[0].message.as_deref().unwrap().contains("task `b`"), "{:?}", updates[0].message);
+    assert!(!out.iter().any(|o| matches!(o, Output::ToAgent { command: AgentCommand::Launch { .. }, .. })));
+    assert!(c.master.task(&c.framework, &TaskId::new("a")).is_none());
+    // The executor's own resources count: 4 cpus of tasks plus 0.5 for it do not fit in 4.
+    let greedy = group("ex", vec![task_info("a", &c.agent, "cpus:2"), task_info("b", &c.agent, "cpus:2")], "cpus:0.5");
+    let updates = Cluster::updates_to_framework(&c.accept_groups(vec![greedy], t(2.0)));
+    assert!(updates.iter().all(|s| s.state == TaskState::Error), "{updates:?}");
+    let empty = group("", vec![task_info("a", &c.agent, "cpus:1")], "cpus:0.1");
+    let updates = Cluster::updates_to_framework(&c.accept_groups(vec![empty], t(3.0)));
+    assert!(updates[0].message.as_deref().unwrap().contains("executor_id"), "{updates:?}");
+
+    let good = group("ex", vec![task_info("a", &c.agent, "cpus:1"), task_info("b", &c.agent, "cpus:1")], "cpus:0.5");
+    let out = c.accept_groups(vec![good], t(4.0));
+    let launched = out.iter().filter(|o| matches!(o, Output::ToAgent { command: AgentCommand::Launch { .. }, .. }));
+    assert_eq!(launched.count(), 2);
+    let a = c.master.task(&c.framework, &TaskId::new("a")).unwrap();
+    assert_eq!(a.executor_id, Some(ExecutorId::new("ex")));
+    assert_eq!(a.resources.to_string(), "cpus:1.5", "the executor's share rides with the first task");
+    assert_eq!(c.master.agent(&c.agent).unwrap().used.to_string(), "cpus:2.5");
+    c.update("a", TaskState::Running, t(5.0));
+    c.update("b", TaskState::Running, t(5.0));
+    // One fails: the other is killed.
+    let out = c.update("a", TaskState::Failed, t(6.0));
+    assert_eq!(Cluster::kills(&out), vec!["b"]);
+    c.update("b", TaskState::Killed, t(7.0));
+    assert!(c.master.agent(&c.agent).unwrap().used.is_empty());
+
+    // A group whose tasks finish one by one is not killed.
+    let calm = group("ex2", vec![task_info("c", &c.agent, "cpus:1"), task_info("d", &c.agent, "cpus:1")], "");
+    c.accept_groups(vec![calm], t(8.0));
+    c.update("c", TaskState::Running, t(9.0));
+    c.update("d", TaskState::Running, t(9.0));
+    assert!(Cluster::kills(&c.update("c", TaskState::Finished, t(10.0))).is_empty());
+    // SHUTDOWN of the executor kills what is left of its group; an unknown one is an error.
+    let fw = c.framework.clone();
+    let shutdown = SchedulerCall::Shutdown { executor_id: ExecutorId::new("ex2"), agent_id: c.agent.clone() };
+    c.master.framework_call(FW_CONN, &fw, shutdown, t(11.0)).unwrap();
+    assert_eq!(Cluster::kills(&c.drain()), vec!["d"]);
+    let unknown = SchedulerCall::Shutdown { executor_id: ExecutorId::new("nope"), agent_id: c.agent.clone() };
+    let err = c.master.framework_call(FW_CONN, &fw, unknown, t(12.0)).unwrap_err();
+    assert!(matches!(err, MasterError::UnknownExecutor { .. }), "{err}");
+}
+
+#[test]
+fn a_task_launched_alone_is_its_own_executor() {
+    let mut c = Cluster::new(false);
+    c.launch("solo", "cpus:1", t(1.0));
+    c.update("solo", TaskState::Running, t(2.0));
+    let fw = c.framework.clone();
+    let message = SchedulerCall::Message { agent_id: c.agent.clone(), executor_id: ExecutorId::new("solo") };
+    c.master.framework_call(FW_CONN, &fw, message, t(3.0)).unwrap();
+    assert!(c.drain().is_empty(), "executors take no framework messages; nothing is sent or changed");
+    let to_nobody = SchedulerCall::Message { agent_id: AgentId::new("nope"), executor_id: ExecutorId::new("solo") };
+    let err = c.master.framework_call(FW_CONN, &fw, to_nobody, t(3.0)).unwrap_err();
+    assert!(matches!(err, MasterError::UnknownAgent(_)), "{err}");
+    let shutdown = SchedulerCall::Shutdown { executor_id: ExecutorId::new("solo"), agent_id: c.agent.clone() };
+    c.master.framework_call(FW_CONN, &fw, shutdown, t(4.0)).unwrap();
+    assert_eq!(Cluster::kills(&c.drain()), vec!["solo"]);
+    let request = SchedulerCall::Request { requests: vec![(Some(c.agent.clone()), "cpus:1".parse().unwrap())] };
+    c.master.framework_call(FW_CONN, &fw, request, t(5.0)).unwrap();
+    let request = SchedulerCall::Request { requests: vec![(Some(AgentId::new("nope")), Resources::new())] };
+    assert!(c.master.framework_call(FW_CONN, &fw, request, t(5.0)).is_err());
+}
+
+#[test]
+fn update_framework_changes_the_info_in_place_but_not_who_it_is() {
+    let mut c = Cluster::new(false);
+    let fw = c.framework.clone();
+    let mut info = framework("fw", false);
+    info.name = "renamed".into();
+    info.failover_timeout_secs = 600.0;
+    info.labels = Labels([("team".to_owned(), "web".to_owned())].into_iter().collect());
+    let update = |info: FrameworkInfo, suppressed: &[&str]| SchedulerCall::UpdateFramework {
+        info,
+        suppressed_roles: suppressed.iter().map(|r| r.to_string()).collect(),
+    };
+    c.master.framework_call(FW_CONN, &fw, update(info.clone(), &[]), t(1.0)).unwrap();
+    c.drain();
+    let view = c.master.framework(&fw).unwrap();
+    assert_eq!((view.info.name.as_str(), view.info.failover_timeout_secs), ("renamed", 600.0));
+    assert!(
+        c.events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::FrameworkUpdated { framework } if framework.info.name == "renamed"))
+    );
+    // Suppressing its role through the update stops offers; leaving it out offers again.
+    c.master.framework_call(FW_CONN, &fw, update(info.clone(), &["*"]), t(2.0)).unwrap();
+    assert!(c.offers(t(3.0)).is_empty());
+    c.master.framework_call(FW_CONN, &fw, update(info.clone(), &[]), t(4.0)).unwrap();
+    assert!(!c.offers(t(4.0)).is_empty());
+    // Role, user and principal stay; a refused update changes nothing.
+    let before = c.events.len();
+    for (field, change) in [
+        ("role", Box::new(|i: &mut FrameworkInfo| i.role = "other".into()) as Box<dyn Fn(&mut FrameworkInfo)>),
+        ("user", Box::new(|i: &mut FrameworkInfo| i.user = "nobody".into())),
+        ("principal", Box::new(|i: &mut FrameworkInfo| i.principal = "p".into())),
+    ] {
+        let mut changed = info.clone();
+        changed.name = "again".into();
+        change(&mut changed);
+        let err = c.master.framework_call(FW_CONN, &fw, update(changed, &[]), t(5.0)).unwrap_err();
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+    let mut nameless = info.clone();
+    nameless.name = " ".into();
+    assert!(c.master.framework_call(FW_CONN, &fw, update(nameless, &[]), t(5.0)).is_err());
+    c.drain();
+    assert_eq!(c.events.len(), before);
+    assert_eq!(c.master.framework(&fw).unwrap().info.name, "renamed");
 }

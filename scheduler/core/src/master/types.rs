@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use atoll_proto::model::{
-    AgentId, AgentInfo, Attributes, Framework, FrameworkId, OfferId, Resources, TaskId, TaskInfo, TaskStatus,
+    AgentId, AgentInfo, Attributes, ExecutorId, Framework, FrameworkId, FrameworkInfo, OfferId, Resources, TaskId,
+    TaskInfo, TaskStatus,
 };
 
 use super::ipam::AgentNetworks;
@@ -66,6 +67,8 @@ pub enum SchedulerCall {
     Accept {
         offer_ids: Vec<OfferId>,
         launches: Vec<TaskInfo>,
+        /// Task groups (LAUNCH_GROUP): each launched whole or not at all.
+        groups: Vec<TaskGroup>,
         refuse: Option<Duration>,
     },
     Decline {
@@ -89,6 +92,57 @@ pub enum SchedulerCall {
         tasks: Vec<(TaskId, Option<AgentId>)>,
     },
     Teardown,
+    /// Stop an executor: every task of the framework it runs on that agent is killed.
+    Shutdown {
+        executor_id: ExecutorId,
+        agent_id: AgentId,
+    },
+    /// A message for an executor. Atoll's executors are its own (like Mesos's command and
+    /// default executors), which take no framework messages, so it is checked and counted.
+    Message {
+        agent_id: AgentId,
+        executor_id: ExecutorId,
+    },
+    /// A request for resources, which the allocator takes as Mesos's does: it decides alone.
+    Request {
+        requests: Vec<(Option<AgentId>, Resources)>,
+    },
+    /// The framework's info changes without a new subscription.
+    UpdateFramework {
+        info: FrameworkInfo,
+        suppressed_roles: Vec<String>,
+    },
+}
+
+impl SchedulerCall {
+    /// The call's type as the scheduler API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SchedulerCall::Accept { .. } => "ACCEPT",
+            SchedulerCall::Decline { .. } => "DECLINE",
+            SchedulerCall::Revive => "REVIVE",
+            SchedulerCall::Suppress => "SUPPRESS",
+            SchedulerCall::Kill { .. } => "KILL",
+            SchedulerCall::Acknowledge { .. } => "ACKNOWLEDGE",
+            SchedulerCall::Reconcile { .. } => "RECONCILE",
+            SchedulerCall::Teardown => "TEARDOWN",
+            SchedulerCall::Shutdown { .. } => "SHUTDOWN",
+            SchedulerCall::Message { .. } => "MESSAGE",
+            SchedulerCall::Request { .. } => "REQUEST",
+            SchedulerCall::UpdateFramework { .. } => "UPDATE_FRAMEWORK",
+        }
+    }
+}
+
+/// Tasks launched together by one executor (Mesos's LAUNCH_GROUP): all start or none, and one
+/// that fails or is killed takes the others with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskGroup {
+    pub executor_id: ExecutorId,
+    /// The executor's own resources, taken from the offer with the tasks' (unless that executor
+    /// already runs there); they are accounted with the group's first task.
+    pub executor_resources: Resources,
+    pub tasks: Vec<TaskInfo>,
 }
 
 /// An offer as sent to a framework.
@@ -230,6 +284,10 @@ pub enum MasterError {
     NotRecordable(&'static str),
     #[error(transparent)]
     Ipam(atoll_ipam::IpamError),
+    #[error("framework `{framework}` cannot change its {field} (`{from}` to `{to}`)")]
+    FrameworkFieldChange { framework: FrameworkId, field: &'static str, from: String, to: String },
+    #[error("unknown executor `{executor}` of framework `{framework}` on agent `{agent}`")]
+    UnknownExecutor { framework: FrameworkId, executor: ExecutorId, agent: AgentId },
     #[error("role `{role}`: {why}")]
     BadRole { role: String, why: String },
     #[error("role `{role}`: weight {weight} is not a number > 0")]
