@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use atoll_ipam::{IpNetwork, IpamError, Leases, Subnet};
 use atoll_proto::convert::{kill_grace_from_pb, uuid_from_pb};
 use atoll_proto::model::{
-    AgentId, AgentInfo, AgentSubnet, FrameworkId, FrameworkInfo, HealthCheckKind, Reason, Source, TaskId, TaskInfo,
-    TaskState, TaskStatus, Time,
+    AgentId, AgentInfo, AgentSubnet, Capability, FrameworkId, FrameworkInfo, HealthCheckKind, Reason, Source, TaskId,
+    TaskInfo, TaskState, TaskStatus, Time,
 };
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
@@ -1031,8 +1031,12 @@ impl Agent {
                 tracing::info!(run = %run, task = %entry.ckpt.task.task_id, grace_ms = grace.as_millis() as u64, "killing");
                 entry.ckpt.kill =
                     Some(KillRequest { requested_at: t, deadline, during_launch: false, health_check_failures });
+                // As Mesos's executors: TASK_KILLING only for frameworks that said they take it.
+                let announce = entry.ckpt.framework.as_ref().is_none_or(|f| f.has(Capability::TaskKillingState));
                 save_entry(entry);
-                if let Some(status) = self.stamp(run).map(|s| s.status(TaskState::Killing, Source::Executor)) {
+                if announce
+                    && let Some(status) = self.stamp(run).map(|s| s.status(TaskState::Killing, Source::Executor))
+                {
                     self.emit(run, status);
                 }
                 self.signal_task(run, Signal::TERM);

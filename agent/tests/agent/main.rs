@@ -34,8 +34,28 @@ fn main() {
             .with_test_writer()
             .try_init();
     }
-    let filters: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    // libtest's options that take a value (nextest passes `--list --format terse`): their
+    // values are not filters.
+    let mut filters: Vec<&str> = Vec::new();
+    let mut rest = args.iter().map(String::as_str);
+    while let Some(arg) = rest.next() {
+        match arg {
+            "--format" | "--logfile" | "--test-threads" | "--skip" | "--color" | "-Z" => {
+                rest.next();
+            }
+            flag if flag.starts_with('-') => {}
+            filter => filters.push(filter),
+        }
+    }
     let exact = args.iter().any(|a| a == "--exact");
+    if args.iter().any(|a| a == "--ignored") {
+        // None of these tests is ignored.
+        if args.iter().any(|a| a == "--list") {
+            return;
+        }
+        println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed\n");
+        return;
+    }
     let selected: Vec<&(&str, fn())> = tests::ALL
         .iter()
         .chain(health::ALL)
@@ -45,6 +65,11 @@ fn main() {
             filters.is_empty() || filters.iter().any(|f| if exact { name == f } else { name.contains(f) })
         })
         .collect();
+    if selected.is_empty() && !filters.is_empty() {
+        // A filter that names no test is a mistake, not a pass.
+        eprintln!("no test matches {filters:?}");
+        std::process::exit(101);
+    }
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &selected {
             println!("{name}: test");

@@ -12,7 +12,8 @@ use apb::agent_registry_server::{AgentRegistry, AgentRegistryServer};
 use apb::master_message::Message as ToAgent;
 use atoll_agent::{AgentError, AgentOptions, AgentSettings, StopMode};
 use atoll_proto::model::{
-    ClusterState, CommandInfo, FrameworkInfo, Labels, Resources, StreamMessage, TaskId, TaskInfo, TaskState, TaskStatus,
+    Capability, ClusterState, CommandInfo, FrameworkInfo, Labels, Resources, StreamMessage, TaskId, TaskInfo,
+    TaskState, TaskStatus,
 };
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
@@ -572,8 +573,15 @@ pub fn task_info(task_id: &str, command: CommandInfo, resources: &str, grace_sec
     }
 }
 
+/// A launch from a framework that takes TASK_KILLING updates (as most do).
 pub fn launch(task: &TaskInfo) -> ToAgent {
-    let mut framework = pb::FrameworkInfo::from(&FrameworkInfo::named("test"));
+    launch_for(task, vec![Capability::TaskKillingState])
+}
+
+pub fn launch_for(task: &TaskInfo, capabilities: Vec<Capability>) -> ToAgent {
+    let mut info = FrameworkInfo::named("test");
+    info.capabilities = capabilities;
+    let mut framework = pb::FrameworkInfo::from(&info);
     framework.id = Some(pb::FrameworkId { value: FRAMEWORK.into() });
     ToAgent::LaunchTask(apb::LaunchTask { framework: Some(framework), task: Some(task.into()) })
 }

@@ -138,6 +138,12 @@ fn kill_escalates_to_sigkill() {
         let killed = s.master.kill_until("polite", Some(30.0), TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGTERM), "{killed:?}");
 
+        // A framework without TASK_KILLING_STATE hears of the kill only when it is done.
+        s.master.send(launch_for(&sleeping("old-school", "cpus:0.1", None), Vec::new()));
+        s.master.until_state("old-school", TaskState::Running).await;
+        s.master.kill_until("old-school", Some(30.0), TaskState::Killed).await;
+        assert_eq!(s.master.states_of("old-school"), [TaskState::Starting, TaskState::Running, TaskState::Killed]);
+
         // A kill right behind the launch.
         s.master.send(launch(&sleeping("quick", "cpus:0.1", None)));
         let killed = s.master.kill_until("quick", Some(0.0), TaskState::Killed).await;
