@@ -377,8 +377,12 @@ mod tests {
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let task = loop {
-            // Once it leads its own process group (it calls setsid right after the fork).
-            if let Some(task) = first_child(fake.id()).filter(group_exists) {
+            // Once it leads its own process group (it calls setsid right after the fork) and
+            // has exec'd: until then the fork still carries the fake executor's command line.
+            let execd = |task: &ProcessRef| {
+                std::fs::read(format!("/proc/{}/cmdline", task.pid)).is_ok_and(|cmdline| cmdline.starts_with(b"sleep"))
+            };
+            if let Some(task) = first_child(fake.id()).filter(group_exists).filter(execd) {
                 break task;
             }
             assert!(std::time::Instant::now() < deadline, "the fake executor started no task");
