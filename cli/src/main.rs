@@ -47,7 +47,8 @@ enum Command {
     Dns(dns::DnsArgs),
     /// Run this node's layer-4 load balancer (eBPF; root): serves every VIP to every process
     Lb(lb::LbArgs),
-    /// Run the HTTP edge proxy (routes from app labels), or list an edge's routes
+    /// Run the HTTP edge proxy (routes from app labels: of an Atoll master, a Marathon or a Mesos
+    /// master), or list an edge's routes
     Edge(edge::EdgeArgs),
     /// The per-task supervisor the agent starts (not for direct use)
     #[command(hide = true)]

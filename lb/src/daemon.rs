@@ -1,8 +1,9 @@
 //! `atoll lb`: follows the master's event stream and keeps this node's eBPF maps serving every
 //! VIP the cluster state names. The master is an Atoll master (gRPC), or with `--mesos-master`
-//! a Mesos master (its operator API, see [`crate::mesos`]); the same controller code applies
-//! either's snapshots and events, and on Mesos gives named VIPs their hashed addresses
-//! ([`atoll_lb_core::vips::hashed_assignments`]) since no master assigns them there.
+//! a Mesos master (its operator API, through [`atoll_mesos_follow::Subscription`]); the same
+//! controller code applies either's snapshots and events, and on Mesos gives named VIPs their
+//! hashed addresses ([`atoll_lb_core::vips::hashed_assignments`]) since no master assigns them
+//! there.
 //!
 //! One task, the [`Controller`], owns the three pieces of state — the VIP projection (cluster
 //! state → services), the data-plane plan (services → map contents and the order of writes)
@@ -325,10 +326,10 @@ impl Controller {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        let mut retry = crate::mesos::MIN_RETRY;
+        let mut retry = atoll_mesos_follow::MIN_RETRY;
         let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
         loop {
-            let lived = match crate::mesos::Subscription::open(&http, url).await {
+            let lived = match atoll_mesos_follow::Subscription::open(&http, url).await {
                 Err(e) => {
                     tracing::warn!("no Mesos event stream: {e}");
                     None
@@ -358,7 +359,7 @@ impl Controller {
                     Some(opened.elapsed())
                 }
             };
-            retry = crate::mesos::next_retry(retry, lived);
+            retry = atoll_mesos_follow::next_retry(retry, lived);
             self.wait_answering(retry, queries, &mut save_tick).await;
         }
     }

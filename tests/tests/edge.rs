@@ -495,3 +495,84 @@ async fn following_a_marathon_like_marathon_lb_routes_its_apps() {
     let routes = edge.routes().await.unwrap();
     assert!(routes["index"].as_u64().unwrap() >= 2, "{routes}");
 }
+
+/// Requests `host` through the edge until every one of `tasks` answered (bounded); each must
+/// answer 200 and be one of them.
+async fn reach_all(client: &reqwest::Client, edge: &Edge, host: &str, tasks: &BTreeSet<String>) {
+    let mut answered = BTreeSet::new();
+    for _ in 0..100 {
+        let (status, body) = get(client, edge, host, "/").await;
+        assert_eq!(status, 200, "{body}");
+        let task = json_of(&body)["task"].as_str().unwrap().to_owned();
+        assert!(tasks.contains(&task), "{task} answered, not one of {tasks:?}");
+        answered.insert(task);
+        if &answered == tasks {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("only {answered:?} of {tasks:?} answered\n{}", edge.logs());
+}
+
+#[tokio::test]
+async fn following_the_mesos_operator_api_routes_marathon_tasks_by_their_labels() {
+    let cluster = Cluster::start().await.unwrap();
+    // The Atoll master speaks the Mesos operator API: the stream a Mesos master sends, its
+    // tasks named as Marathon names them (`shop_web.<uuid>`) and carrying their app's labels,
+    // as Marathon copies them. The edge knows no app: it groups the tasks.
+    let edge = Edge::start(&cluster, &["--mesos-master", &cluster.master_url()]).await.unwrap();
+    let mut app = http_app("/shop/web", 2, json!({ "HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": "shop.example" }));
+    deploy(&cluster, &app).await;
+    let route = edge.wait_route("/shop/web:0", 2).await.unwrap();
+    assert!(edge.logs().contains("following the Mesos master at"), "{}", edge.logs());
+    assert_eq!(route["hosts"], json!(["shop.example"]));
+    let tasks: BTreeSet<String> = backends_in(&route, "active").into_iter().collect();
+    assert!(tasks.iter().all(|t| t.starts_with("shop_web.")), "{tasks:?}");
+    let client = reqwest::Client::new();
+    reach_all(&client, &edge, "shop.example", &tasks).await;
+    let (status, _) = get(&client, &edge, "other.example", "/").await;
+    assert_eq!(status, 404, "a host no task asks for");
+
+    // Scaled up: the new task joins once its health check passed.
+    app["instances"] = json!(3);
+    let response =
+        cluster.http.put(format!("{}/v2/apps/shop/web", cluster.master_url())).json(&app).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let route = edge.wait_route("/shop/web:0", 3).await.unwrap();
+    let tasks: BTreeSet<String> = backends_in(&route, "active").into_iter().collect();
+    reach_all(&client, &edge, "shop.example", &tasks).await;
+
+    // A killed task leaves the routes (draining first), its replacement joins them.
+    let victim = tasks.first().unwrap().clone();
+    let (status, body) = cluster.post(&format!("/v1/tasks/{victim}/kill"), &json!({})).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let route = wait_for("the killed task replaced in the edge", LONG, async || {
+        let routes = edge.routes().await?;
+        let route = routes["routes"].as_array().and_then(|r| r.iter().find(|r| r["id"] == "/shop/web:0").cloned());
+        Ok(route.filter(|r| {
+            let all = r["backends"].as_array().map_or(0, Vec::len);
+            let active = backends_in(r, "active");
+            all == 3 && active.len() == 3 && !active.contains(&victim)
+        }))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", edge.logs()));
+    let tasks: BTreeSet<String> = backends_in(&route, "active").into_iter().collect();
+    reach_all(&client, &edge, "shop.example", &tasks).await;
+
+    // Scaled down to one: the others leave.
+    app["instances"] = json!(1);
+    let response =
+        cluster.http.put(format!("{}/v2/apps/shop/web", cluster.master_url())).json(&app).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let route = wait_for("the edge down to one backend", LONG, async || {
+        let routes = edge.routes().await?;
+        let route = routes["routes"].as_array().and_then(|r| r.iter().find(|r| r["id"] == "/shop/web:0").cloned());
+        Ok(route.filter(|r| r["backends"].as_array().map_or(0, Vec::len) == 1 && backends_in(r, "active").len() == 1))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", edge.logs()));
+    let last: BTreeSet<String> = backends_in(&route, "active").into_iter().collect();
+    assert!(last.is_subset(&tasks), "{last:?} of {tasks:?}");
+    reach_all(&client, &edge, "shop.example", &last).await;
+}

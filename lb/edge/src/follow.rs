@@ -1,11 +1,13 @@
-//! Follows the master's event stream: the cluster state (snapshot, then events) → the apps →
-//! a new route table, published whole after every change. Reconnects with backoff; meanwhile
-//! the last table keeps serving.
+//! Follows the source of the apps — the master's event stream (the cluster state: snapshot,
+//! then events), a Marathon's apps, or a Mesos master's operator API stream — into a new
+//! route table, published whole after every change. Reconnects with backoff; meanwhile the
+//! last table keeps serving.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atoll_lb_core::edge::{EdgeApps, RouteTable};
+use atoll_mesos_follow::{Converted, MesosConverter, PortView, Subscription};
 use atoll_proto::model::{ClusterState, StreamMessage};
 use atoll_proto::pb::v1::operator as opb;
 
@@ -141,4 +143,77 @@ async fn fetch_marathon(
     }
     let body = response.bytes().await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&body).map_err(|e| format!("not Marathon's apps JSON: {e}"))
+}
+
+/// Follows a Mesos master's operator API (`POST /api/v1` `SUBSCRIBE`): its tasks, converted
+/// with every discovery port kept in place ([`PortView::All`]), grouped into apps
+/// ([`EdgeApps::from_mesos_state`]); a new table whenever what they ask for changed. Each
+/// subscription starts over from the master's whole state, so a new one after a disconnect
+/// (with [`atoll_mesos_follow::next_retry`]'s backoff) simply replaces the apps.
+pub async fn follow_mesos(state: Arc<EdgeState>, url: String) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    // The tables' index: the converter numbers a stream's events afresh at each subscription.
+    let mut index = 0;
+    let mut last: Option<EdgeApps> = None;
+    let mut reported_problems = Vec::new();
+    let mut retry = atoll_mesos_follow::MIN_RETRY;
+    loop {
+        let converter = MesosConverter::with_ports(PortView::All);
+        let lived = match Subscription::open_with(&http, &url, converter).await {
+            Err(e) => {
+                tracing::warn!("no Mesos event stream: {e}");
+                None
+            }
+            Ok(mut subscription) => {
+                tracing::info!("following the Mesos master at {url}");
+                state.metrics.connected.set(1);
+                let opened = Instant::now();
+                let mut cluster: Option<ClusterState> = None;
+                loop {
+                    match subscription.next().await {
+                        Ok(Some(Converted::Snapshot(snapshot))) => cluster = Some(snapshot),
+                        Ok(Some(Converted::Events(events))) => match cluster.as_mut() {
+                            Some(cluster) if !events.is_empty() => {
+                                for event in &events {
+                                    cluster.apply(event);
+                                }
+                                // Folding keeps ended tasks; the converter has forgotten them.
+                                cluster.tasks.retain(|t| !t.state.is_terminal());
+                            }
+                            _ => continue,
+                        },
+                        Ok(None) => {
+                            tracing::warn!("the Mesos master at {url} ended the event stream");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("Mesos event stream: {e}");
+                            break;
+                        }
+                    }
+                    let Some(cluster) = &cluster else { continue };
+                    let apps = EdgeApps::from_mesos_state(cluster);
+                    if last.as_ref() == Some(&apps) {
+                        continue;
+                    }
+                    index += 1;
+                    let table = RouteTable::build(&apps, &state.options.group);
+                    let problems = table.problems().to_vec();
+                    for problem in problems.iter().filter(|p| !reported_problems.contains(*p)) {
+                        tracing::warn!("route labels: {problem}");
+                    }
+                    reported_problems = problems;
+                    state.publish(Snapshot::new(table, index));
+                    last = Some(apps);
+                }
+                state.metrics.connected.set(0);
+                Some(opened.elapsed())
+            }
+        };
+        retry = atoll_mesos_follow::next_retry(retry, lived);
+        tokio::time::sleep(retry).await;
+    }
 }

@@ -3,6 +3,12 @@
 //! with a pingora proxy — HTTP/1.1 and HTTP/2, TLS by SNI, WebSockets — swapping the table
 //! atomically on every change, never reloading. It owns the route table snapshot, the
 //! per-backend request counters and the certificates it loaded.
+//!
+//! Where the apps come from ([`RouteSource`]): an Atoll master's event stream (the default);
+//! with `--marathon URL`, a Marathon's `/v2/apps?embed=apps.tasks`, polled, as Marathon-LB
+//! reads it; with `--mesos-master URL`, an Apache Mesos master's operator API event stream
+//! (`atoll-mesos-follow`), whose tasks carry their Marathon app's labels and are grouped into
+//! apps by their Marathon task ids ([`atoll_lb_core::edge::mesos`]).
 
 pub mod admin;
 pub mod follow;
@@ -78,12 +84,15 @@ impl RunningEdge {
         &self.state.options
     }
 
-    /// Serves the routes of the master's cluster state until `shutdown` resolves; then stops
-    /// accepting, gives the requests in flight the grace period to finish, and returns.
+    /// Serves the routes of the configured source's apps (the master's cluster state, or
+    /// `--marathon`'s, or `--mesos-master`'s) until `shutdown` resolves; then stops accepting,
+    /// gives the requests in flight the grace period to finish, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
-        let source = match self.state.options.marathon.clone() {
-            Some(url) => RouteSource::Marathon(url),
-            None => RouteSource::Master,
+        let options = &self.state.options;
+        let source = match (options.marathon.clone(), options.mesos_master.clone()) {
+            (Some(url), _) => RouteSource::Marathon(url),
+            (None, Some(url)) => RouteSource::Mesos(url),
+            (None, None) => RouteSource::Master,
         };
         self.serve_from(source, shutdown).await
     }
@@ -123,6 +132,7 @@ impl RunningEdge {
             RouteSource::Master => tokio::spawn(follow::follow(state.clone())),
             RouteSource::Apps(apps) => tokio::spawn(follow::follow_apps(state.clone(), apps)),
             RouteSource::Marathon(url) => tokio::spawn(follow::follow_marathon(state.clone(), url)),
+            RouteSource::Mesos(url) => tokio::spawn(follow::follow_mesos(state.clone(), url)),
         };
         let watcher = certificates.map(|dir| tokio::spawn(dir.watch(Duration::from_secs(2))));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -169,6 +179,8 @@ pub enum RouteSource {
     Master,
     /// A Marathon's apps (`/v2/apps?embed=apps.tasks`), polled: Marathon-LB's own source.
     Marathon(String),
+    /// A Mesos master's tasks, from its operator API's event stream (`http://host:5050`).
+    Mesos(String),
     /// Apps handed over directly, each new value a new table: for embedding the edge and for
     /// benchmarks that change routes faster than a cluster would.
     Apps(tokio::sync::watch::Receiver<atoll_lb_core::edge::EdgeApps>),

@@ -67,9 +67,15 @@ pub struct EdgeSettings {
     pub grace_period: Option<Duration>,
     /// Follow a Marathon (`/v2/apps?embed=apps.tasks`, polled) instead of the Atoll master's
     /// event stream: a drop-in for Marathon-LB on an existing Mesos/Marathon cluster, e.g.
-    /// http://marathon.mesos:8080
+    /// http://marathon.mesos:8080. Not together with --mesos-master
     #[arg(long)]
     pub marathon: Option<String>,
+    /// Follow an Apache Mesos master's operator API event stream instead of the Atoll
+    /// master's, e.g. http://mesos-master:5050: the routes come from the labels Marathon copies
+    /// onto its tasks (HAPROXY_*, ATOLL_EDGE_*), tasks grouped into apps by their Marathon task
+    /// ids. Not together with --marathon
+    #[arg(long)]
+    pub mesos_master: Option<String>,
     /// Atoll master URL (the global --master on the command line) [default: http://127.0.0.1:5050]
     #[arg(skip)]
     pub master: Option<String>,
@@ -90,7 +96,10 @@ pub struct EdgeOptions {
     pub retries: u32,
     pub grace_period: Duration,
     pub master: String,
+    /// Follow this Marathon (its base URL, without a trailing slash) instead of `master`.
     pub marathon: Option<String>,
+    /// Follow this Mesos master (its base URL, without a trailing slash) instead of `master`.
+    pub mesos_master: Option<String>,
 }
 
 impl EdgeSettings {
@@ -116,6 +125,7 @@ impl EdgeSettings {
             grace_period: self.grace_period.or(file.grace_period),
             master: self.master.or(file.master),
             marathon: self.marathon.or(file.marathon),
+            mesos_master: self.mesos_master.or(file.mesos_master),
         }
     }
 
@@ -145,6 +155,14 @@ impl EdgeSettings {
         if max_request_headers < 1024 {
             return Err(invalid("max-request-headers", "must be at least 1024 bytes"));
         }
+        // One source of routes: the two would each publish whole tables over the other's.
+        if self.marathon.is_some() && self.mesos_master.is_some() {
+            return Err(invalid(
+                "mesos-master",
+                "--mesos-master and --marathon are both sources of routes: give one of them",
+            ));
+        }
+        let mesos_master = self.mesos_master.as_deref().map(check_mesos_url).transpose()?;
         Ok(EdgeOptions {
             listen,
             tls_listen: self.tls_listen,
@@ -165,8 +183,22 @@ impl EdgeSettings {
                 Some(url) => Some(url.trim_end_matches('/').to_owned()),
                 None => None,
             },
+            mesos_master,
         })
     }
+}
+
+/// A Mesos master's base URL: `http://host[:port]`, returned without a trailing slash (the
+/// follower appends `/api/v1`). Plain HTTP only: this build's HTTP client has no TLS.
+fn check_mesos_url(url: &str) -> Result<String, SettingsError> {
+    let base = url.trim().trim_end_matches('/');
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Err(invalid("mesos-master", format!("`{url}` is not an http:// URL (e.g. http://mesos-master:5050)")));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(invalid("mesos-master", format!("`{url}` names no host")));
+    }
+    Ok(base.to_owned())
 }
 
 #[cfg(test)]
@@ -195,6 +227,31 @@ mod tests {
             "connect-timeout"
         );
         assert_eq!(error_key(EdgeSettings { max_request_body: Some(0), ..Default::default() }), "max-request-body");
+    }
+
+    #[test]
+    fn a_mesos_master_is_one_source_of_routes() {
+        let file: EdgeSettings = toml::from_str("mesos-master = \"http://mesos.example:5050/\"\n").unwrap();
+        let options = EdgeSettings::default().over(file.clone()).resolve().unwrap();
+        assert_eq!(options.mesos_master.as_deref(), Some("http://mesos.example:5050"));
+        assert_eq!(options.marathon, None);
+        assert_eq!(EdgeSettings::default().resolve().unwrap().mesos_master, None);
+        // With a Marathon as well, from the flags or the file: refused, naming both.
+        let marathon = EdgeSettings { marathon: Some("http://marathon.example:8080".into()), ..Default::default() };
+        for settings in
+            [marathon.clone().over(file), EdgeSettings { mesos_master: Some("http://m:5050".into()), ..marathon }]
+        {
+            match settings.resolve() {
+                Err(SettingsError::Invalid { key: "mesos-master", message }) => {
+                    assert!(message.contains("--mesos-master") && message.contains("--marathon"), "{message}")
+                }
+                other => panic!("expected the two sources refused, got {other:?}"),
+            }
+        }
+        for bad in ["mesos.example:5050", "https://mesos.example", "http://", "http:///api", "http://a b"] {
+            let settings = EdgeSettings { mesos_master: Some(bad.into()), ..Default::default() };
+            assert_eq!(error_key(settings), "mesos-master", "{bad}");
+        }
     }
 
     #[test]

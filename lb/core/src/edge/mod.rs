@@ -7,7 +7,9 @@
 //!    `_ENABLED`, …) and Atoll's own (`ATOLL_EDGE_{n}_HOST`, `_PATH`, `_STRIP_PREFIX`,
 //!    `_BALANCE`, …).
 //! 2. [`source`]: where apps come from — the master's cluster state ([`EdgeApps::from_state`])
-//!    or Marathon's `/v2/apps?embed=apps.tasks` JSON ([`source::MarathonApps`]).
+//!    or Marathon's `/v2/apps?embed=apps.tasks` JSON ([`source::MarathonApps`]); [`mesos`]: a
+//!    Mesos master's tasks grouped into apps by their Marathon task ids
+//!    ([`EdgeApps::from_mesos_state`]).
 //! 3. [`table`]: specs + tasks → [`RouteTable`], with [`RouteTable::lookup`] for each request.
 //! 4. [`balance`] and [`outlier`]: the per-request choices (round robin, power of two choices
 //!    on in-flight requests, consistent hashing) and passive outlier ejection, with the
@@ -15,6 +17,7 @@
 
 pub mod balance;
 pub mod labels;
+pub mod mesos;
 pub mod outlier;
 pub mod source;
 pub mod table;

@@ -1,11 +1,11 @@
 //! The edge's input: apps with their labels, ports and tasks, from the master's cluster state
 //! or from Marathon's `/v2/apps?embed=apps.tasks` JSON (Marathon-LB's own input, which the
-//! compatibility fixtures are).
+//! compatibility fixtures are); from a Mesos master's tasks alone, see [`super::mesos`].
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use atoll_proto::model::{ClusterState, Task, TaskState};
+use atoll_proto::model::{ClusterState, DiscoveryPort, Task, TaskState};
 use serde::Deserialize;
 
 use super::BackendState;
@@ -120,7 +120,7 @@ impl EdgeApps {
 }
 
 /// `None`: not a backend at all (not started, or ended).
-fn task_health(task: &Task) -> Option<TaskHealth> {
+pub(super) fn task_health(task: &Task) -> Option<TaskHealth> {
     match task.state {
         TaskState::Running => Some(match (task.healthy, task.health_check.is_some()) {
             (Some(true), _) | (None, false) => TaskHealth::Ready,
@@ -131,14 +131,16 @@ fn task_health(task: &Task) -> Option<TaskHealth> {
     }
 }
 
-/// Each discovery port's address: the task's own IP with the port number on a container
-/// network (the number is the container port), else the agent's IP with the host port.
-fn task_endpoints(task: &Task, agent_ip: Option<IpAddr>) -> Vec<Option<SocketAddr>> {
+/// Each app port's address: the task's own IP with the port number on a container network
+/// (the number is the container port), else the agent's IP with the host port. The app ports
+/// are the discovery ports (a `tcp,udp` port once), else the host ports.
+pub(super) fn task_endpoints(task: &Task, agent_ip: Option<IpAddr>) -> Vec<Option<SocketAddr>> {
     let container = !task.networks.is_empty();
     let own_ip = task.ip_addresses.iter().copied().find(|ip| !ip.is_unspecified());
-    let ip = if container { own_ip } else { agent_ip };
+    // An agent whose address is not known (a Mesos agent by an unresolved host name) has none.
+    let ip = if container { own_ip } else { agent_ip.filter(|ip| !ip.is_unspecified()) };
     let numbers: Vec<u32> = match &task.discovery {
-        Some(discovery) if !discovery.ports.is_empty() => discovery.ports.iter().map(|p| p.number).collect(),
+        Some(discovery) if !discovery.ports.is_empty() => app_port_numbers(&discovery.ports),
         _ => task.ports.iter().map(|&p| p as u32).collect(),
     };
     numbers
@@ -148,6 +150,23 @@ fn task_endpoints(task: &Task, agent_ip: Option<IpAddr>) -> Vec<Option<SocketAdd
             _ => None,
         })
         .collect()
+}
+
+/// The number of each app port among discovery ports: Marathon and Atoll list a port of
+/// several protocols (`tcp,udp`) once per protocol, one after the other with the same name and
+/// number, while the app (and its `{n}` labels) counts it once.
+fn app_port_numbers(ports: &[DiscoveryPort]) -> Vec<u32> {
+    let mut numbers = Vec::new();
+    let mut previous: Option<&DiscoveryPort> = None;
+    for port in ports {
+        let same_port =
+            previous.is_some_and(|p| p.number == port.number && p.name == port.name && p.protocol != port.protocol);
+        if !same_port {
+            numbers.push(port.number);
+        }
+        previous = Some(port);
+    }
+    numbers
 }
 
 /// Marathon's `GET /v2/apps?embed=apps.tasks` (the fields the edge reads; others ignored, as

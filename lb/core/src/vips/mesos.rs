@@ -32,6 +32,10 @@
 //!   an IP, else `agent_info.hostname` if that is one, else what the caller's resolver makes of
 //!   the host name (this module does no I/O: [`hostnames`] lists what to look up first).
 //!
+//! The edge proxy reads the same stream for its routes ([`PortView::All`]): there every
+//! discovery port of a task counts, in order (Marathon-LB's `HAPROXY_{n}_…` labels name ports by
+//! index), each placed as a VIP port would be.
+//!
 //! Reading is lenient as dcos-net's is: a port or label that makes no sense is skipped, not the
 //! whole task; an event the stream cannot be followed without (a task without an id) is an
 //! error, and leaves the converter as it was.
@@ -109,9 +113,24 @@ pub fn hostnames(record: &Value) -> BTreeSet<String> {
     names
 }
 
+/// Which discovery ports of a task the converted task keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortView {
+    /// The ports with VIP labels (and the legacy `vip_port<N>` task labels' host ports): what a
+    /// layer-4 load balancer serves.
+    #[default]
+    Vips,
+    /// Every discovery port, in order, VIP labels or not (legacy `vip_port<N>` labels add
+    /// none): what the edge indexes its `{n}` labels by. A port the task cannot be reached on
+    /// at the address its other ports are (a container port of a bridged task that maps it to
+    /// no host port) keeps its place with the number 0, which reaches nothing.
+    All,
+}
+
 /// Follows a Mesos operator stream, one event at a time; see the module docs.
 #[derive(Clone, Debug, Default)]
 pub struct MesosConverter {
+    ports: PortView,
     /// The index of the last snapshot or event produced (Atoll's events are numbered).
     index: u64,
     subscribed: bool,
@@ -127,8 +146,14 @@ pub struct MesosConverter {
 }
 
 impl MesosConverter {
+    /// A converter for a load balancer: tasks keep their VIP ports ([`PortView::Vips`]).
     pub fn new() -> MesosConverter {
         MesosConverter::default()
+    }
+
+    /// A converter whose tasks keep the discovery ports `ports` says.
+    pub fn with_ports(ports: PortView) -> MesosConverter {
+        MesosConverter { ports, ..MesosConverter::default() }
     }
 
     /// Converts one event. `now` stamps the events made; `resolve` turns the host names of
@@ -151,7 +176,7 @@ impl MesosConverter {
         let body = record.get(kind.to_ascii_lowercase()).unwrap_or(&Value::Null);
         let events = match kind {
             "TASK_ADDED" => {
-                let task = MesosTask::parse(body.get("task").unwrap_or(&Value::Null), kind)?;
+                let task = MesosTask::parse(body.get("task").unwrap_or(&Value::Null), kind, self.ports)?;
                 self.put_task(task, true)
             }
             "TASK_UPDATED" => self.update_task(body, kind)?,
@@ -211,7 +236,7 @@ impl MesosConverter {
             index: self.index,
             agents: self.agents.values().cloned().collect(),
             frameworks: self.frameworks.values().cloned().collect(),
-            tasks: self.tasks.values().map(|task| task.to_task(&mut Vec::new())).collect(),
+            tasks: self.tasks.values().map(|task| task.to_task(self.ports, &mut Vec::new())).collect(),
             ..ClusterState::default()
         }
     }
@@ -262,7 +287,7 @@ impl MesosConverter {
         for key in ["tasks", "launched_tasks", "unreachable_tasks", "orphan_tasks"] {
             for entry in list(get_tasks, key) {
                 // One task the stream cannot name must not cost every other VIP.
-                match MesosTask::parse(entry, kind) {
+                match MesosTask::parse(entry, kind, self.ports) {
                     Ok(task) if !task.state.is_terminal() => {
                         tasks.entry(task.key()).or_insert(task);
                     }
@@ -289,7 +314,7 @@ impl MesosConverter {
             index: self.index,
             agents: self.agents.values().cloned().collect(),
             frameworks: self.frameworks.values().cloned().collect(),
-            tasks: self.tasks.values().map(|task| task.to_task(&mut warnings)).collect(),
+            tasks: self.tasks.values().map(|task| task.to_task(self.ports, &mut warnings)).collect(),
             ..ClusterState::default()
         };
         self.warnings.extend(warnings);
@@ -298,7 +323,7 @@ impl MesosConverter {
 
     /// Stores a task (forgetting it if terminal) and returns its event.
     fn put_task(&mut self, task: MesosTask, added: bool) -> Vec<EventKind> {
-        let converted = task.to_task(&mut self.warnings);
+        let converted = task.to_task(self.ports, &mut self.warnings);
         if task.state.is_terminal() {
             self.tasks.remove(&task.key());
         } else {
@@ -338,9 +363,9 @@ enum Scope {
     Unspecified,
 }
 
-/// A port carrying VIP labels, as read.
+/// A discovery port, as read: one carrying VIP labels, or with [`PortView::All`] any.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct VipPort {
+struct TaskPort {
     number: u64,
     name: String,
     protocol: String,
@@ -399,7 +424,7 @@ struct MesosTask {
     /// The discovery info's name (a pod's tasks are named after their container, their
     /// discovery info after the pod).
     discovery_name: String,
-    ports: Vec<VipPort>,
+    ports: Vec<TaskPort>,
     /// The `ports` resource, as ranges (legacy `vip_port<N>` labels index into it).
     port_ranges: Vec<(u64, u64)>,
     /// From the task's container info.
@@ -419,7 +444,7 @@ struct MesosTask {
 }
 
 impl MesosTask {
-    fn parse(task: &Value, event: &str) -> Result<MesosTask, MesosEventError> {
+    fn parse(task: &Value, event: &str, view: PortView) -> Result<MesosTask, MesosEventError> {
         let id = value_of(task, "task_id").ok_or_else(|| missing(event, "task.task_id"))?;
         let framework_id = value_of(task, "framework_id").ok_or_else(|| missing(event, "task.framework_id"))?;
         let agent_id = value_of(task, "agent_id").or_else(|| value_of(task, "slave_id")).unwrap_or_default();
@@ -432,7 +457,7 @@ impl MesosTask {
             state: TaskState::from_name(text(task, "state")).unwrap_or(TaskState::Unknown),
             labels: labels(task.get("labels")),
             discovery_name: task.get("discovery").map(|d| text(d, "name")).unwrap_or_default().to_owned(),
-            ports: discovery_ports(task.get("discovery")),
+            ports: discovery_ports(task.get("discovery"), view),
             port_ranges: port_ranges(task.get("resources")),
             mappings: container_mappings(container),
             network: container_network(container),
@@ -482,11 +507,13 @@ impl MesosTask {
         self.network.clone().or_else(|| self.status_network.clone())
     }
 
-    /// The VIP ports with where each is served: `(on the agent, port number)`.
-    fn placed_ports(&self, warnings: &mut Vec<String>) -> Vec<(bool, u64, VipPort)> {
+    /// The ports with where each is served: `(on the agent, port number)`.
+    fn placed_ports(&self, view: PortView, warnings: &mut Vec<String>) -> Vec<(bool, u64, TaskPort)> {
         let mut ports = self.ports.clone();
-        // Legacy `vip_port<N>=tcp://NAME:PORT` labels: the N-th host port.
-        for (key, value) in &self.labels {
+        // Legacy `vip_port<N>=tcp://NAME:PORT` labels: the N-th host port (a VIP only, not a
+        // port of its own in the edge's numbering).
+        let legacy = if view == PortView::Vips { &self.labels[..] } else { &[] };
+        for (key, value) in legacy {
             let lower = key.to_ascii_lowercase();
             let Some(index) = lower.strip_prefix("vip_port").and_then(|n| n.parse::<u64>().ok()) else { continue };
             let Some((protocol, vip)) = value
@@ -497,7 +524,7 @@ impl MesosTask {
                 continue;
             };
             match nth_port(&self.port_ranges, index) {
-                Some(number) => ports.push(VipPort {
+                Some(number) => ports.push(TaskPort {
                     number,
                     name: String::new(),
                     protocol: protocol.to_owned(),
@@ -531,13 +558,28 @@ impl MesosTask {
             .collect()
     }
 
-    /// The load balancer's view of the task (see the module docs).
-    fn to_task(&self, warnings: &mut Vec<String>) -> Task {
-        let placed = self.placed_ports(warnings);
-        let on_agent = placed.iter().any(|(agent, _, _)| *agent);
+    /// The converted view of the task (see the module docs).
+    fn to_task(&self, view: PortView, warnings: &mut Vec<String>) -> Task {
+        let placed = self.placed_ports(view, warnings);
+        // A task without discovery ports but with host ports is reached on those, at the
+        // agent's address (the edge reads them when there is no discovery port).
+        let on_agent = placed.iter().any(|(agent, _, _)| *agent)
+            || (view == PortView::All && placed.is_empty() && !self.port_ranges.is_empty());
         let mut discovery_ports = Vec::new();
-        for (agent, number, port) in placed {
-            if agent != on_agent {
+        for (agent, mut number, port) in placed {
+            if agent != on_agent && view == PortView::All {
+                let what = match port.name.as_str() {
+                    "" => format!("container port {}", port.number),
+                    name => format!("port {name} (container port {})", port.number),
+                };
+                warnings.push(format!(
+                    "task {} (framework {}): {what} cannot be reached: the task's other ports are host ports, and a \
+                     task is reached on one address",
+                    self.id, self.framework_id,
+                ));
+                // Kept in its place: the ports after it keep their index.
+                number = 0;
+            } else if agent != on_agent {
                 warnings.push(format!(
                     "task {} (framework {}): {} on container port {} left out: the task's other VIP ports are host \
                      ports, and a task is served on one address",
@@ -627,8 +669,9 @@ fn port_protocol(protocol: &str) -> &str {
     if first.is_empty() { "tcp" } else { first }
 }
 
-/// Discovery ports with at least one VIP label (the others do not matter to a load balancer).
-fn discovery_ports(discovery: Option<&Value>) -> Vec<VipPort> {
+/// Discovery ports: with [`PortView::Vips`] those with at least one VIP label (the others do
+/// not matter to a load balancer), with [`PortView::All`] every one.
+fn discovery_ports(discovery: Option<&Value>, view: PortView) -> Vec<TaskPort> {
     let Some(ports) = discovery.and_then(|d| d.get("ports")) else { return Vec::new() };
     // `{"ports": {"ports": [...]}}` as the v1 API writes it; a bare list as /state does.
     let items = match ports {
@@ -641,7 +684,7 @@ fn discovery_ports(discovery: Option<&Value>) -> Vec<VipPort> {
             let labels = labels(port.get("labels"));
             let vips: Vec<(String, String)> =
                 labels.iter().filter(|(key, _)| key.starts_with("VIP") || key.starts_with("vip")).cloned().collect();
-            if vips.is_empty() {
+            if vips.is_empty() && view == PortView::Vips {
                 return None;
             }
             let scope = match labels.iter().find(|(key, _)| key == "network-scope").map(|(_, v)| v.as_str()) {
@@ -649,7 +692,7 @@ fn discovery_ports(discovery: Option<&Value>) -> Vec<VipPort> {
                 Some("container") => Scope::Container,
                 _ => Scope::Unspecified,
             };
-            Some(VipPort {
+            Some(TaskPort {
                 number: port.get("number").and_then(number_u64).unwrap_or(0),
                 name: text(port, "name").to_owned(),
                 protocol: text(port, "protocol").to_owned(),
@@ -1173,6 +1216,73 @@ mod tests {
         let updated = events(&mut converter, killing);
         let EventKind::TaskUpdated { task } = &updated[0].kind else { panic!() };
         assert_eq!((task.state, task.healthy, &task.ip_addresses), (TaskState::Killing, Some(false), &own));
+    }
+
+    #[test]
+    fn the_edge_view_keeps_every_port_in_its_place() {
+        let port = |number: u64, name: &str, labels: Value| json!({"number": number, "name": name, "protocol": "tcp", "labels": labels});
+        let host_scope = json!({"labels": [{"key": "network-scope", "value": "host"}]});
+        let container_scope = json!({"labels": [{"key": "network-scope", "value": "container"}]});
+        let tasks = json!([
+            // Host networking, no VIPs; a legacy VIP label adds no port here.
+            task(
+                "host",
+                json!([port(31000, "http", json!({})), port(31001, "admin", json!({}))]),
+                json!({"labels": {"labels": [{"key": "vip_port0", "value": "tcp://a:80"}]},
+                        "resources": [{"name": "ports", "type": "RANGES", "ranges": {"range": [{"begin": 31000, "end": 31001}]}}]})
+            ),
+            // A bridge with one mapped port and one that is not: the second keeps its place,
+            // unreachable.
+            task(
+                "bridge",
+                json!([port(20560, "http", host_scope), port(9000, "debug", container_scope.clone())]),
+                json!({"container": {"type": "DOCKER", "docker": {"network": "BRIDGE",
+                        "port_mappings": [{"host_port": 20560, "container_port": 8080, "protocol": "tcp"}]}}})
+            ),
+            // The overlay: container ports on its own address.
+            task(
+                "overlay",
+                json!([port(8080, "http", container_scope)]),
+                json!({"container": {"type": "MESOS", "network_infos": [{"name": "dcos"}]},
+                        "statuses": [{"state": "TASK_RUNNING", "timestamp": 1.0, "container_status":
+                            {"network_infos": [{"name": "dcos", "ip_addresses": [{"ip_address": "9.0.1.6"}]}]}}]})
+            ),
+            // No discovery info, host ports only: at the agent.
+            task(
+                "plain",
+                json!([]),
+                json!({"container": {"type": "DOCKER", "docker": {"network": "BRIDGE"}},
+                 "resources": [{"name": "ports", "type": "RANGES", "ranges": {"range": [{"begin": 31005, "end": 31005}]}}]})
+            ),
+        ]);
+        let mut converter = MesosConverter::with_ports(PortView::All);
+        let state = snapshot(&mut converter, &subscribed(tasks.clone()));
+        // (discovery ports, own addresses, on a network, host ports) by task.
+        type View = (Vec<(u32, String)>, Vec<IpAddr>, bool, Vec<u64>);
+        let view: BTreeMap<&str, View> = state
+            .tasks
+            .iter()
+            .map(|t| {
+                let ports =
+                    t.discovery.iter().flat_map(|d| d.ports.iter().map(|p| (p.number, p.name.clone()))).collect();
+                (t.id.as_str(), (ports, t.ip_addresses.clone(), !t.networks.is_empty(), t.ports.clone()))
+            })
+            .collect();
+        let named = |ports: &[(u32, &str)]| ports.iter().map(|(n, name)| (*n, name.to_string())).collect::<Vec<_>>();
+        assert_eq!(view["host"], (named(&[(31000, "http"), (31001, "admin")]), vec![], false, vec![31000, 31001]));
+        assert_eq!(view["bridge"], (named(&[(20560, "http"), (0, "debug")]), vec![], false, vec![]));
+        assert_eq!(view["overlay"], (named(&[(8080, "http")]), vec!["9.0.1.6".parse().unwrap()], true, vec![]));
+        assert_eq!(view["plain"], (vec![], vec![], false, vec![31005]));
+        let warnings = converter.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("port debug (container port 9000) cannot be reached"), "{warnings:?}");
+
+        // The load balancer's view of the same tasks: only VIP ports, legacy labels included.
+        let state = snapshot(&mut MesosConverter::new(), &subscribed(tasks));
+        let host = state.tasks.iter().find(|t| t.id.as_str() == "host").unwrap();
+        let ports: Vec<u32> = host.discovery.iter().flat_map(|d| d.ports.iter().map(|p| p.number)).collect();
+        assert_eq!(ports, [31000]);
+        assert!(state.tasks.iter().filter(|t| t.id.as_str() != "host").all(|t| t.discovery.is_none()));
     }
 
     #[test]

@@ -1,16 +1,22 @@
-//! `atoll lb --mesos-master URL`: the cluster's events come from an Apache Mesos master's
-//! operator API instead of an Atoll master — `POST /api/v1` with `{"type":"SUBSCRIBE"}`
+//! Following an Apache Mesos master's operator API: `POST /api/v1` with `{"type":"SUBSCRIBE"}`
 //! answers a RecordIO stream (`<length>\n<JSON event>`…) that starts with `SUBSCRIBED` (the
 //! whole state) and goes on with `TASK_ADDED`, `TASK_UPDATED`, `AGENT_ADDED`, … and
-//! heartbeats. [`Subscription`] turns it into Atoll snapshots and events
-//! ([`atoll_lb_core::vips::mesos`]), resolving agents' host names on the way; the daemon's
-//! controller applies them as it applies an Atoll master's.
+//! heartbeats. [`Subscription`] turns it into Atoll snapshots and events with the pure
+//! [`MesosConverter`] of `atoll-lb-core`, resolving agents' host names on the way, and takes a
+//! stream that stays silent for three heartbeats for dead; [`next_retry`] is the backoff
+//! between subscriptions.
+//!
+//! This crate owns only that I/O shell, shared by the daemons that follow a Mesos master:
+//! `atoll lb --mesos-master` (the VIPs of the converted state) and `atoll edge --mesos-master`
+//! (the edge routes of it). It lives apart from both so that the edge does not depend on the
+//! load balancer daemon (and its eBPF loader), nor the load balancer on pingora.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use atoll_lb_core::vips::mesos::{Converted, MesosConverter, hostnames};
+use atoll_lb_core::vips::mesos::hostnames;
+pub use atoll_lb_core::vips::mesos::{Converted, MesosConverter, PortView};
 use atoll_proto::model::Time;
 use atoll_proto::recordio::{RecordIo, RecordIoError};
 use serde_json::Value;
@@ -30,7 +36,8 @@ const MISSED_HEARTBEATS: u32 = 3;
 /// How long one host name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a Mesos master could not be followed (this time: the daemon tries again).
+/// Why a Mesos master could not be followed (this time: the caller subscribes again after
+/// [`next_retry`]).
 #[derive(Debug, thiserror::Error)]
 pub enum MesosError {
     #[error("{url}: {message}")]
@@ -65,10 +72,22 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Subscribes to the operator API of the master at `base` (`http://host:5050`). A response
-    /// that is not a JSON event stream is refused: a proxy's error page, or a master too old
-    /// to have the operator API, must not be read as events.
+    /// Subscribes to the operator API of the master at `base` (`http://host:5050`), converting
+    /// its events with [`MesosConverter::new`] (the load balancer's view of the tasks). A
+    /// response that is not a JSON event stream is refused: a proxy's error page, or a master
+    /// too old to have the operator API, must not be read as events.
     pub async fn open(http: &reqwest::Client, base: &str) -> Result<Subscription, MesosError> {
+        Subscription::open_with(http, base, MesosConverter::new()).await
+    }
+
+    /// [`Subscription::open`] converting with `converter` (e.g. one that keeps every port of
+    /// a task, as the edge needs: [`MesosConverter::with_ports`]). A converter that followed
+    /// an earlier stream may be passed: every stream starts over from its `SUBSCRIBED` state.
+    pub async fn open_with(
+        http: &reqwest::Client,
+        base: &str,
+        converter: MesosConverter,
+    ) -> Result<Subscription, MesosError> {
         let url = format!("{}/api/v1", base.trim_end_matches('/'));
         let http_error = |e: reqwest::Error| MesosError::Http { url: url.clone(), message: error_chain(&e) };
         let response = http
@@ -90,13 +109,7 @@ impl Subscription {
         if !media_type.eq_ignore_ascii_case("application/json") {
             return Err(MesosError::NotAStream { url, content_type: content_type.to_owned() });
         }
-        Ok(Subscription {
-            url,
-            response,
-            framing: RecordIo::default(),
-            pending: VecDeque::new(),
-            converter: MesosConverter::new(),
-        })
+        Ok(Subscription { url, response, framing: RecordIo::default(), pending: VecDeque::new(), converter })
     }
 
     /// The next event's meaning for Atoll's model; `None` when the master ended the stream.
