@@ -300,6 +300,7 @@ mod tests {
             ip_addresses: Vec::new(),
             healthy: None,
             status,
+            executor_id: None,
         }
     }
 
