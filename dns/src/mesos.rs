@@ -1,16 +1,21 @@
 //! Drop-in mode: the same names for an Apache Mesos cluster. The operator API's `SUBSCRIBE`
-//! stream (RecordIO-framed JSON) says when something changed; each change (debounced) re-reads
-//! `/master/state`, which the projection understands as Mesos-DNS does. When the master does
-//! not offer the stream, `/master/state` is polled instead.
+//! stream (followed with `atoll-mesos-follow`, as the load balancers follow it) says when
+//! something changed; each change (debounced) re-reads `/master/state`, which the projection
+//! understands as Mesos-DNS does. The same stream, folded into a cluster state, gives the named
+//! VIPs their addresses exactly as `atoll lb --mesos-master` hashes them, published under the
+//! VIP zone (`web.marathon.l4lb.thisdcos.directory`), as DC/OS's dcos-dns does. When the master
+//! does not offer the stream, `/master/state` is polled instead (without VIP names).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
-use futures::StreamExt;
+use atoll_lb_core::vips::hashed_names_of;
+use atoll_mesos_follow::{Converted, MesosError, Subscription};
+use atoll_proto::model::ClusterState;
 use tokio::sync::mpsc;
 
 use crate::daemon::{Query, Shared};
-use atoll_proto::recordio::RecordIo;
-
 use crate::projection::Projection;
 
 /// Polling interval without the event stream (Mesos-DNS refreshes every 60 s; a shorter one
@@ -18,15 +23,6 @@ use crate::projection::Projection;
 const POLL: Duration = Duration::from_secs(5);
 /// Events arriving together cause one refresh.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-
-/// Why a Mesos master could not be followed this time.
-#[derive(Debug, thiserror::Error)]
-pub enum MesosError {
-    #[error("{url}: {message}")]
-    Http { url: String, message: String },
-    #[error("{url}: bad RecordIO framing: {message}")]
-    Framing { url: String, message: String },
-}
 
 /// Follows a Mesos master forever.
 pub(crate) async fn follow(
@@ -83,44 +79,40 @@ async fn subscribe(
     shared: &Shared,
     queries: &mut mpsc::Receiver<Query>,
 ) -> Result<(), MesosError> {
-    let url = format!("{base}/api/v1");
-    let http_error = |message: String| MesosError::Http { url: url.clone(), message };
-    let response = http
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json")
-        .body(r#"{"type":"SUBSCRIBE"}"#)
-        .send()
-        .await
-        .map_err(|e| http_error(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(http_error(format!("HTTP {}", response.status())));
-    }
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if !content_type.starts_with("application/json") {
-        return Err(http_error(format!("not a Mesos event stream (Content-Type `{content_type}`)")));
-    }
+    let mut subscription = Subscription::open(http, base).await?;
     shared.metrics.connected.set(1);
-    refresh(http, base, projection, shared).await;
-    let mut body = response.bytes_stream();
-    let mut framing = RecordIo::default();
-    let mut pending = false;
+    // The cluster as the load balancers see it, folded from the same stream: its named VIPs,
+    // hashed as they hash them, are the l4lb names.
+    let mut cluster: Option<ClusterState> = None;
+    // Read the state at once, whatever the stream's first record turns out to be.
+    let mut pending = true;
     loop {
         let debounce = tokio::time::sleep(if pending { DEBOUNCE } else { Duration::from_secs(3600) });
         tokio::select! {
-            chunk = body.next() => match chunk {
-                Some(Ok(bytes)) => {
-                    let records = framing
-                        .feed(&bytes)
-                        .map_err(|e| MesosError::Framing { url: url.clone(), message: e.to_string() })?;
-                    // Heartbeats change nothing; anything else may.
-                    pending |= records.iter().any(|r| !is_heartbeat(r));
+            converted = subscription.next() => match converted? {
+                Some(Converted::Snapshot(state)) => {
+                    cluster = Some(state);
+                    pending = true;
                 }
-                Some(Err(e)) => return Err(http_error(e.to_string())),
+                // Heartbeats change nothing; anything else may.
+                Some(Converted::Events(events)) if events.is_empty() => {}
+                Some(Converted::Events(events)) => {
+                    if let Some(cluster) = cluster.as_mut() {
+                        for event in &events {
+                            cluster.apply(event);
+                        }
+                        // Folding keeps ended tasks; the converter has forgotten them.
+                        cluster.tasks.retain(|t| !t.state.is_terminal());
+                    }
+                    pending = true;
+                }
                 None => return Ok(()),
             },
             _ = debounce, if pending => {
                 pending = false;
+                if let Some(cluster) = &cluster {
+                    projection.set_named_vips(named_vips(cluster, shared.options.vip_pool));
+                }
                 refresh(http, base, projection, shared).await;
             }
             Some(query) = queries.recv() => answer(projection, query),
@@ -128,8 +120,13 @@ async fn subscribe(
     }
 }
 
-fn is_heartbeat(record: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(record).is_ok_and(|v| v["type"] == "HEARTBEAT")
+/// The named VIPs of the cluster with the addresses the load balancers hash them to.
+fn named_vips(cluster: &ClusterState, pool: ipnetwork::Ipv4Network) -> BTreeMap<(String, String), IpAddr> {
+    let hashed = hashed_names_of(cluster, pool);
+    if !hashed.unassigned.is_empty() {
+        tracing::warn!("the VIP pool {pool} has no room for {} named VIP(s)", hashed.unassigned.len());
+    }
+    hashed.assigned.into_iter().map(|(name, address)| ((name.framework, name.name), IpAddr::V4(address))).collect()
 }
 
 /// Re-reads `/master/state` and applies the difference.

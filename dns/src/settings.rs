@@ -82,6 +82,10 @@ pub struct DnsSettings {
     /// /master/state) instead of an Atoll master
     #[arg(long)]
     pub mesos_master: Option<String>,
+    /// With --mesos-master: the pool the load balancers give named VIPs their hashed addresses
+    /// from (`atoll lb --vip-pool`; they must match) [default: 198.19.0.0/17]
+    #[arg(long)]
+    pub vip_pool: Option<ipnetwork::Ipv4Network>,
     /// Atoll master URL (the global --master on the command line) [default: http://127.0.0.1:5050]
     #[arg(skip)]
     pub master: Option<String>,
@@ -113,6 +117,7 @@ impl DnsSettings {
             soa_mname: self.soa_mname.or(file.soa_mname),
             gateway_port: self.gateway_port.or(file.gateway_port),
             mesos_master: self.mesos_master.or(file.mesos_master),
+            vip_pool: self.vip_pool.or(file.vip_pool),
             master: self.master.or(file.master),
         }
     }
@@ -200,6 +205,7 @@ impl DnsSettings {
             health_aware: !self.publish_unhealthy,
             soa_mname,
             mesos_master: self.mesos_master,
+            vip_pool: self.vip_pool.unwrap_or(atoll_lb_core::vips::DEFAULT_VIP_POOL),
             master,
             data_dir: Some(self.data_dir.unwrap_or_else(|| atoll_proto::paths::default_data_dir("dns"))),
             gateway_port: match self.gateway_port.unwrap_or(53) {
@@ -248,6 +254,8 @@ pub struct DnsOptions {
     pub health_aware: bool,
     pub soa_mname: String,
     pub mesos_master: Option<String>,
+    /// Where named VIPs on a Mesos master get their hashed addresses (as the load balancers).
+    pub vip_pool: ipnetwork::Ipv4Network,
     pub master: String,
     /// None: keep nothing (tests and `atoll up` pass a directory).
     pub data_dir: Option<PathBuf>,

@@ -145,9 +145,11 @@ async fn names_follow_a_mesos_master_through_its_event_stream() {
             framework["tasks"].as_array_mut().unwrap().retain(|t| t["name"] != "chronos");
         }
     }
-    let event = br#"{"type":"TASK_UPDATED","task_updated":{"state":"TASK_KILLED"}}"#;
+    // The recorded stream's next event (what it says does not matter: the DNS reads the state).
+    let recorded = std::fs::read_to_string(compat_dir().join("dcos-net/hello-world.json")).unwrap();
+    let event = recorded.lines().nth(1).unwrap().as_bytes().to_vec();
     for subscriber in master.subscribers.lock().unwrap().iter() {
-        subscriber.send(recordio(event)).unwrap();
+        subscriber.send(recordio(&event)).unwrap();
     }
     eventually(dns, "chronos.marathon.mesos.", |m| m.metadata.response_code == ResponseCode::NXDomain).await;
 }

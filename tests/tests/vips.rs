@@ -61,3 +61,43 @@ async fn a_vip_label_gets_an_address_backends_and_a_name() {
     let output = cluster.run_atoll(&["vip", "show", "web"], LONG).await.unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains(&address));
 }
+
+/// `atoll dns --mesos-master` (for a Mesos cluster, where no master assigns VIP addresses)
+/// names a VIP at the address `atoll lb --mesos-master` hashes it to; followed here through an
+/// Atoll master's operator API, the path a real Mesos master takes.
+#[tokio::test]
+async fn following_a_mesos_master_dns_names_vips_at_their_hashed_address() {
+    use atoll_lb_core::vips::{DEFAULT_VIP_POOL, VipName, hashed_assignments};
+    let mut cluster = Cluster::start().await.unwrap();
+    let master = cluster.master_url();
+    cluster.start_dns(&["--mesos-master", &master]).await.unwrap();
+    let app = json!({
+        "id": "/shop/web",
+        "instances": 1,
+        "cmd": "exec sleep 1000",
+        "cpus": 0.05,
+        "mem": 16,
+        "portDefinitions": [{ "port": 0, "name": "http", "labels": { "VIP_0": "/shop/web:80" } }],
+    });
+    let (status, body) = cluster.post("/v2/apps", &app).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let names = [VipName::new("marathon", "shop/web")].into();
+    let hashed = hashed_assignments(DEFAULT_VIP_POOL, &names).assigned[&VipName::new("marathon", "shop/web")];
+    let answer = wait_for("shopweb.marathon.l4lb.thisdcos.directory to resolve", LONG, async || {
+        let answer = cluster.dns_query("shopweb.marathon.l4lb.thisdcos.directory.", "A", false).await?;
+        Ok((!answer.answers.is_empty()).then_some(answer))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert_eq!(answer.values(), vec![hashed.to_string()]);
+
+    // The name goes with the app's last task.
+    let removed = reqwest::Client::new().delete(format!("{master}/v2/apps/shop/web")).send().await.unwrap();
+    assert!(removed.status().is_success(), "{}", removed.status());
+    wait_for("the name to go", LONG, async || {
+        let answer = cluster.dns_query("shopweb.marathon.l4lb.thisdcos.directory.", "A", false).await?;
+        Ok(answer.answers.is_empty().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+}

@@ -279,6 +279,13 @@ impl Projection {
         self.finish(touched)
     }
 
+    /// Mesos input: the named VIPs and their addresses (from the load balancers' hashing: no
+    /// master assigns them on Mesos), keyed by framework name and VIP name. They are published
+    /// with the next [`Projection::reset_from_mesos_state`].
+    pub fn set_named_vips(&mut self, vips: BTreeMap<(String, String), IpAddr>) {
+        self.vips = vips;
+    }
+
     /// Mesos input: a whole `/master/state`, host names in PIDs left unresolved. Its `leader`
     /// replaces [`Masters::leader`]; the configured masters stay.
     pub fn reset_from_mesos_state(&mut self, state: &Value) -> Result<Vec<Change>, ProjectionError> {

@@ -343,3 +343,40 @@ fn every_fixture_converts_cleanly() {
         assert_eq!(node.warnings, Vec::<String>::new(), "{name}");
     }
 }
+
+/// What `atoll dns --mesos-master` publishes under `l4lb.thisdcos.directory` — the hashed names
+/// of the state it folds from the same stream ([`hashed_names_of`]) — is, after every event of
+/// every fixture (with every port labelled, so there are names to compare), exactly what the
+/// load balancer's own projection serves.
+#[test]
+fn dns_names_are_the_load_balancers_addresses() {
+    use atoll_lb_core::vips::hashed_names_of;
+    let mut compared = 0;
+    for name in ["vip-labels.json", "tcp-and-udp.json", "hello-world.json", "hello-overlay.json", "pod-tasks.json"] {
+        let events = label_every_port(stream(name));
+        let mut converter = MesosConverter::new();
+        let mut projection = VipProjection::new();
+        let mut folded: Option<ClusterState> = None;
+        for (n, event) in events.iter().enumerate() {
+            match converter.convert(event, Time(n as u64), &resolve).unwrap() {
+                Converted::Snapshot(state) => {
+                    projection.reset(&state, &BTreeMap::new());
+                    folded = Some(state);
+                }
+                Converted::Events(events) => {
+                    let state = folded.as_mut().expect("the snapshot first");
+                    for event in &events {
+                        projection.apply(event);
+                        state.apply(event);
+                    }
+                    state.tasks.retain(|t| !t.state.is_terminal());
+                }
+            }
+            sync_hashed_assignments(&mut projection, DEFAULT_VIP_POOL);
+            let dns = hashed_names_of(folded.as_ref().unwrap(), DEFAULT_VIP_POOL);
+            assert_eq!(&dns.assigned, projection.assignments(), "{name}, after event #{}", n + 1);
+            compared += dns.assigned.len();
+        }
+    }
+    assert!(compared > 0, "the fixtures carry named VIPs");
+}

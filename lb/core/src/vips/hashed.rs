@@ -86,6 +86,15 @@ fn probe_start(name: &VipName) -> u64 {
     siphash24(&KEY, format!("{}@{}", name.name, name.framework).as_bytes())
 }
 
+/// The named VIPs the live tasks of `state` carry (a Mesos master's state, as
+/// [`super::mesos::MesosConverter`] makes it) with their hashed addresses in `pool`: exactly
+/// what every `atoll lb --mesos-master` of the cluster serves, for DNS to publish.
+pub fn hashed_names_of(state: &atoll_proto::model::ClusterState, pool: Ipv4Network) -> HashedAssignments {
+    let mut projection = VipProjection::new();
+    projection.reset(state, &BTreeMap::new());
+    hashed_assignments(pool, &projection.wanted_names())
+}
+
 /// Sets the projection's named VIP addresses to the hashed assignment of the names its live
 /// tasks carry ([`VipProjection::wanted_names`]): new names get theirs, names no task carries
 /// any more lose theirs (their services have no backends left), names a collision moved move.

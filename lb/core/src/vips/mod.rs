@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use allocator::{DEFAULT_VIP_POOL, VipAllocator, VipError};
-pub use hashed::{HashedAssignments, hashed_assignments, sync_hashed_assignments};
+pub use hashed::{HashedAssignments, hashed_assignments, hashed_names_of, sync_hashed_assignments};
 pub use label::{LabelError, LabelProblem, PortVip, VipLabel, is_vip_label_key, parse_protocols, task_port_vips};
 pub use projection::VipProjection;
 
