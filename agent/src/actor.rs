@@ -602,9 +602,17 @@ impl Agent {
                         None
                     }
                 };
+                let max = kill.max_grace_seconds.and_then(|secs| Duration::try_from_secs_f64(secs.max(0.0)).ok());
                 let key = (FrameworkId::new(framework_id.value), TaskId::new(task_id.value));
                 match self.by_task.get(&key).cloned() {
-                    Some(run) => self.kill(&run, grace),
+                    Some(run) => {
+                        // The bound covers whichever grace applies: the kill's, the task's, the default.
+                        let grace = match max {
+                            Some(max) => Some(self.effective_grace(&run, grace).min(max)),
+                            None => grace,
+                        };
+                        self.kill(&run, grace)
+                    }
                     None => tracing::warn!(framework = %key.0, task = %key.1, "kill of a task this agent does not run"),
                 }
             }
@@ -993,15 +1001,20 @@ impl Agent {
         self.kill_because(run, grace, None);
     }
 
+    /// The grace period a kill of `run` gets: the kill's own, else the task's, else the default.
+    fn effective_grace(&self, run: &RunId, grace: Option<Duration>) -> Duration {
+        let task_grace = self.tasks.get(run).and_then(|entry| entry.ckpt.task.kill_grace_period_secs);
+        grace
+            .or_else(|| task_grace.map(|s| Duration::from_secs_f64(s.max(0.0))))
+            .unwrap_or(self.options.default_kill_grace)
+    }
+
     /// [`Agent::kill`]; `health_check_failures` says the agent kills the task because its
     /// health check failed that many times in a row.
     fn kill_because(&mut self, run: &RunId, grace: Option<Duration>, health_check_failures: Option<u32>) {
         self.stop_health(run);
-        let default_grace = self.options.default_kill_grace;
+        let grace = self.effective_grace(run, grace);
         let Some(entry) = self.tasks.get_mut(run) else { return };
-        let grace = grace
-            .or_else(|| entry.ckpt.task.kill_grace_period_secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
-            .unwrap_or(default_grace);
         let t = Time::now();
         let deadline = t.saturating_add(grace);
         match entry.phase {

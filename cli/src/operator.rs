@@ -63,7 +63,15 @@ pub enum NodeCommand {
     /// Show one node
     Show { id: String },
     /// Stop offering the node and kill its tasks gracefully
-    Drain { id: String },
+    Drain {
+        id: String,
+        /// The longest grace period its tasks get, in seconds (their own when shorter)
+        #[arg(long, value_name = "SECS")]
+        max_grace: Option<f64>,
+        /// Mark the node gone once drained (its tasks gone; it may not come back)
+        #[arg(long)]
+        mark_gone: bool,
+    },
     /// Stop offering the node; its tasks keep running
     Deactivate { id: String },
     /// Offer a drained or deactivated node again
@@ -149,15 +157,29 @@ pub async fn node(ctx: &Context, command: NodeCommand) -> anyhow::Result<()> {
             }
             print_agent(&agent);
         }
-        NodeCommand::Drain { id } => maintain(ctx, &client, &id, "drain").await?,
-        NodeCommand::Deactivate { id } => maintain(ctx, &client, &id, "deactivate").await?,
-        NodeCommand::Reactivate { id } => maintain(ctx, &client, &id, "reactivate").await?,
+        NodeCommand::Drain { id, max_grace, mark_gone } => {
+            if let Some(secs) = max_grace
+                && !(secs.is_finite() && secs >= 0.0)
+            {
+                bail!("--max-grace: {secs} is not a number of seconds >= 0");
+            }
+            let body = serde_json::json!({ "max_grace_period_secs": max_grace, "mark_gone": mark_gone });
+            maintain(ctx, &client, &id, "drain", &body).await?
+        }
+        NodeCommand::Deactivate { id } => maintain(ctx, &client, &id, "deactivate", &serde_json::json!({})).await?,
+        NodeCommand::Reactivate { id } => maintain(ctx, &client, &id, "reactivate", &serde_json::json!({})).await?,
     }
     Ok(())
 }
 
-async fn maintain(ctx: &Context, client: &Client, id: &str, action: &str) -> anyhow::Result<()> {
-    let agent: Agent = client.post(&format!("/v1/nodes/{id}/{action}"), &serde_json::json!({})).await?;
+async fn maintain(
+    ctx: &Context,
+    client: &Client,
+    id: &str,
+    action: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let agent: Agent = client.post(&format!("/v1/nodes/{id}/{action}"), body).await?;
     if ctx.json {
         return print_json(&agent);
     }

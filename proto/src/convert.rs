@@ -1130,6 +1130,8 @@ impl From<&Agent> for operator::Agent {
             version: agent.version.clone(),
             drain: agent.drain,
             deactivated: agent.deactivated,
+            drain_max_grace_seconds: agent.drain_config.and_then(|c| c.max_grace_period_secs),
+            drain_mark_gone: agent.drain_config.is_some_and(|c| c.mark_gone),
             subnets: agent.subnets.iter().map(Into::into).collect(),
         }
     }
@@ -1153,6 +1155,10 @@ impl TryFrom<operator::Agent> for Agent {
             state,
             drain: agent.drain,
             deactivated: agent.deactivated,
+            drain_config: agent.drain.then_some(model::DrainConfig {
+                max_grace_period_secs: agent.drain_max_grace_seconds,
+                mark_gone: agent.drain_mark_gone,
+            }),
             registered_at: time_from_secs(agent.registered_at, "registered_at")?,
             version: agent.version,
             subnets: convert_each(agent.subnets, "subnets")?,
@@ -1733,6 +1739,12 @@ mod tests {
                     state,
                     drain: matches!(state, AgentState::Draining | AgentState::Drained) || version.len() % 2 == 1,
                     deactivated: state == AgentState::Deactivated || version.len() % 3 == 1,
+                    drain_config: (matches!(state, AgentState::Draining | AgentState::Drained)
+                        || version.len() % 2 == 1)
+                        .then_some(model::DrainConfig {
+                            max_grace_period_secs: (version.len() % 4 < 2).then_some(2.5),
+                            mark_gone: version.len() % 5 == 0,
+                        }),
                     subnets: if version.len() % 3 == 0 {
                         vec![AgentSubnet {
                             pool: "atoll".into(),
@@ -1928,6 +1940,7 @@ mod tests {
             state: AgentState::Active,
             drain: false,
             deactivated: false,
+            drain_config: None,
             registered_at: Time(1_000),
             version: "0.1.0".into(),
             subnets: Vec::new(),

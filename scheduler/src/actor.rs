@@ -9,8 +9,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, ClusterState, Event, EventKind, FrameworkId, FrameworkInfo, Task, TaskId, TaskStatus,
-    Time,
+    Agent, AgentId, AgentState, ClusterState, DrainConfig, Event, EventKind, FrameworkId, FrameworkInfo, Task, TaskId,
+    TaskStatus, Time,
 };
 use atoll_scheduler_core::master::{
     AgentCommand, AgentRegistration, ConnId, Master, MasterError, Output, PoolView, SchedulerCall, SchedulerEvent,
@@ -31,10 +31,11 @@ pub const CONNECTION_BUFFER: usize = 10_000;
 const EVENT_BUFFER: usize = 16_384;
 
 /// What an operator does to an agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Maintenance {
-    /// Stop offering it and kill its tasks.
-    Drain,
+    /// Stop offering it and kill its tasks (within the config's grace; marked gone once
+    /// drained if it says so).
+    Drain(DrainConfig),
     /// Stop offering it; its tasks keep running.
     Deactivate,
     /// Offer it again (ends a drain or a deactivation).
@@ -441,7 +442,7 @@ impl Actor {
             }
             Command::Maintain { agent_id, action, reply } => {
                 let result = match action {
-                    Maintenance::Drain => self.master.drain_agent(&agent_id, now),
+                    Maintenance::Drain(config) => self.master.drain_agent(&agent_id, config, now),
                     Maintenance::Deactivate => self.master.deactivate_agent(&agent_id, now),
                     Maintenance::Reactivate => self.master.reactivate_agent(&agent_id, now),
                     Maintenance::MarkGone => self.master.mark_agent_gone(&agent_id, now),

@@ -48,6 +48,7 @@ pub fn status_from_actor(error: ActorError) -> Status {
                 | MasterError::BadAgentInfo(_)
                 | MasterError::NotRecordable(_)
                 | MasterError::FrameworkFieldChange { .. }
+                | MasterError::BadDrain(_)
                 | MasterError::BadRole { .. }
                 | MasterError::BadWeight { .. }
                 | MasterError::Ipam(_) => Status::invalid_argument(message),

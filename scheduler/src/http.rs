@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use atoll_proto::model::{AgentId, StreamMessage, TaskId, TaskState};
+use atoll_proto::model::{AgentId, DrainConfig, StreamMessage, TaskId, TaskState};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -155,8 +155,26 @@ async fn show_node(State(state): State<ApiState>, Path(id): Path<String>) -> Api
     Ok(json(&agent))
 }
 
-async fn drain_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(json(&state.master.maintain(AgentId(id), Maintenance::Drain).await?))
+/// `POST /v1/nodes/{id}/drain`'s body; empty for a drain with the tasks' own grace periods.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    /// The longest grace period the agent's tasks get.
+    #[serde(default)]
+    max_grace_period_secs: Option<f64>,
+    /// Mark the agent gone once drained.
+    #[serde(default)]
+    mark_gone: bool,
+}
+
+async fn drain_node(State(state): State<ApiState>, Path(id): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("drain request: {e}")))?
+    };
+    let config = DrainConfig { max_grace_period_secs: request.max_grace_period_secs, mark_gone: request.mark_gone };
+    Ok(json(&state.master.maintain(AgentId(id), Maintenance::Drain(config)).await?))
 }
 
 async fn deactivate_node(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, ClusterState, EventKind, Framework, StreamMessage, Task, TaskStatus, Time,
+    Agent, AgentId, AgentState, ClusterState, DrainConfig, EventKind, Framework, StreamMessage, Task, TaskStatus, Time,
 };
 use atoll_proto::pb::v1 as pb;
 use axum::Router;
@@ -141,7 +141,7 @@ fn agent_json(agent: &Agent) -> Value {
     let resources = |r: &atoll_proto::model::Resources| {
         Vec::<pb::Resource>::from(r).iter().map(|r| mesos_only_json(r, "atoll.v1.Resource")).collect::<Vec<_>>()
     };
-    json!({
+    let mut agent_value = json!({
         "agent_info": info,
         "active": agent.state == AgentState::Active,
         "deactivated": agent.drain || agent.deactivated || agent.state != AgentState::Active,
@@ -152,7 +152,27 @@ fn agent_json(agent: &Agent) -> Value {
         "allocated_resources": resources(&agent.used),
         "offered_resources": [],
         "capabilities": [{"type": "MULTI_ROLE"}, {"type": "HIERARCHICAL_ROLE"}, {"type": "AGENT_DRAINING"}],
-    })
+    });
+    let drain = drain_info(agent);
+    if !drain.is_null() {
+        agent_value["drain_info"] = drain;
+    }
+    agent_value
+}
+
+/// Mesos's `DrainInfo` of a draining or drained agent (null for any other).
+pub fn drain_info(agent: &Agent) -> Value {
+    let state = match agent.state {
+        AgentState::Draining => "DRAINING",
+        AgentState::Drained => "DRAINED",
+        _ => return Value::Null,
+    };
+    let config = agent.drain_config.unwrap_or_default();
+    let mut config_json = json!({ "mark_gone": config.mark_gone });
+    if let Some(secs) = config.max_grace_period_secs {
+        config_json["max_grace_period"] = json!({ "nanoseconds": (secs * 1e9).round() as i64 });
+    }
+    json!({ "state": state, "config": config_json })
 }
 
 fn atoll_proto_version(agent: &Agent) -> &str {
@@ -301,6 +321,32 @@ fn agent_id_of(call: &Value, field: &str) -> Result<AgentId, MesosApiError> {
         .ok_or_else(|| MesosApiError::BadRequest(format!("{field}.agent_id.value is required")))
 }
 
+/// `drain_agent`'s `max_grace_period` (a `google.protobuf.Duration`: `"10s"` in JSON) and
+/// `mark_gone`.
+fn drain_config_of(call: &Value) -> Result<DrainConfig, MesosApiError> {
+    let drain = &call["drain_agent"];
+    let max_grace_period_secs = match &drain["max_grace_period"] {
+        Value::Null => None,
+        Value::String(text) => Some(
+            text.strip_suffix('s')
+                .and_then(|secs| secs.parse::<f64>().ok())
+                .filter(|secs| secs.is_finite() && *secs >= 0.0)
+                .ok_or_else(|| {
+                    MesosApiError::BadRequest(format!(
+                        "drain_agent.max_grace_period: `{text}` is not a duration >= 0 (like \"10s\")"
+                    ))
+                })?,
+        ),
+        other => {
+            return Err(MesosApiError::BadRequest(format!(
+                "drain_agent.max_grace_period: {other} is not a duration (like \"10s\")"
+            )));
+        }
+    };
+    let mark_gone = drain["mark_gone"].as_bool().unwrap_or(false);
+    Ok(DrainConfig { max_grace_period_secs, mark_gone })
+}
+
 /// `update_weights.weight_infos`: every entry needs a role and a weight; the master checks
 /// their values.
 fn weight_infos(call: &Value) -> Result<Vec<(String, f64)>, MesosApiError> {
@@ -351,7 +397,7 @@ async fn handle(operator: Operator, headers: HeaderMap, body: Bytes) -> Result<R
         }
         "DRAIN_AGENT" | "DEACTIVATE_AGENT" | "REACTIVATE_AGENT" | "MARK_AGENT_GONE" => {
             let action = match kind.as_str() {
-                "DRAIN_AGENT" => Maintenance::Drain,
+                "DRAIN_AGENT" => Maintenance::Drain(drain_config_of(&call)?),
                 "DEACTIVATE_AGENT" => Maintenance::Deactivate,
                 "REACTIVATE_AGENT" => Maintenance::Reactivate,
                 _ => Maintenance::MarkGone,

@@ -12,8 +12,8 @@
 //! - Every other call answers 202 (`UPDATE_FRAMEWORK`, done before the answer, 200), and needs
 //!   the subscription's `Mesos-Stream-Id`.
 //! - Status codes as Mesos: 400 for a malformed call or a missing or wrong stream id (or one on
-//!   SUBSCRIBE), 403 for a framework that is not subscribed, 406/415 for media types it does not
-//!   speak, 503 while the master stops.
+//!   SUBSCRIBE) or a missing Content-Type, 403 for a framework that is not subscribed, 406/415
+//!   for media types it does not speak, 503 while the master stops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -231,10 +231,12 @@ fn media_type(value: &str) -> String {
 }
 
 /// The encoding of a request's body, from its Content-Type (415 for one this master does not
-/// speak).
+/// speak; 400 without one, as Mesos).
 pub(crate) fn request_encoding(headers: &HeaderMap) -> Result<Encoding, MesosApiError> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return Err(MesosApiError::UnsupportedMediaType(format!("Content-Type must be {JSON} or {PROTOBUF}")));
+        return Err(MesosApiError::BadRequest(format!(
+            "Expecting 'Content-Type' to be present ({JSON} or {PROTOBUF})"
+        )));
     };
     match media_type(content_type).as_str() {
         JSON => Ok(Encoding::Json),

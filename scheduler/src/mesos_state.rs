@@ -357,7 +357,7 @@ impl<'a> View<'a> {
             "capabilities": AGENT_CAPABILITIES,
         });
         if matches!(agent.state, AgentState::Draining | AgentState::Drained) {
-            out["drain_info"] = json!({"state": agent.state.name(), "config": {"mark_gone": false}});
+            out["drain_info"] = crate::mesos_operator::drain_info(agent);
         }
         out
     }

@@ -281,10 +281,11 @@ pub fn agent_command_to_pb(command: &AgentCommand) -> apb::MasterMessage {
         AgentCommand::Launch { framework, task } => {
             Message::LaunchTask(apb::LaunchTask { framework: Some(framework.into()), task: Some(task.into()) })
         }
-        AgentCommand::Kill { framework_id, task_id, grace_secs } => Message::KillTask(apb::KillTask {
+        AgentCommand::Kill { framework_id, task_id, grace_secs, max_grace_secs } => Message::KillTask(apb::KillTask {
             framework_id: Some(framework_id.into()),
             task_id: Some(task_id.into()),
             kill_policy: atoll_proto::convert::kill_policy_to_pb(*grace_secs),
+            max_grace_seconds: *max_grace_secs,
         }),
         AgentCommand::Acknowledge { framework_id, task_id, uuid } => Message::Acknowledge(apb::AcknowledgeUpdate {
             framework_id: Some(framework_id.into()),

@@ -424,6 +424,57 @@ async fn a_protobuf_framework_runs_a_task_group_and_the_other_calls() {
     assert_eq!(framework.call(C::Teardown, spb::Call::default()).await.0, 202);
 }
 
+/// DRAIN_AGENT as Mesos has it: `max_grace_period` bounds the tasks' own grace periods (an
+/// hour here, which the test could never wait out), `mark_gone` marks the agent gone once
+/// drained, and GET_AGENTS shows the drain while it lasts.
+#[tokio::test]
+async fn drain_agent_bounds_grace_periods_and_marks_the_agent_gone() {
+    let cluster = Cluster::start().await.unwrap();
+    let url = format!("{}/api/v1", cluster.master_url());
+    let http = reqwest::Client::new();
+    let call = async |body: Value| {
+        let response = http.post(&url).header("content-type", "application/json").json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+    let agent_id = cluster.get("/v1/nodes").await.unwrap()[0]["id"].as_str().unwrap().to_owned();
+    let task_id = cluster
+        .run_detached(&["--name", "stubborn", "--kill-grace", "3600", "--", "sh", "-c", "trap '' TERM; sleep 600"])
+        .await
+        .unwrap();
+    cluster.wait_task_state(&task_id, "TASK_RUNNING", LONG).await.unwrap();
+
+    let drain = |config: Value| {
+        let mut drain = json!({ "agent_id": { "value": agent_id } });
+        drain.as_object_mut().unwrap().extend(config.as_object().unwrap().clone());
+        json!({ "type": "DRAIN_AGENT", "drain_agent": drain })
+    };
+    let (status, body) = call(drain(json!({ "max_grace_period": "-3s" }))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("max_grace_period"), "{body}");
+    assert_eq!(cluster.get(&format!("/v1/nodes/{agent_id}")).await.unwrap()["state"], "ACTIVE", "unchanged");
+
+    let (status, body) = call(drain(json!({ "max_grace_period": "1s", "mark_gone": true }))).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = call(json!({ "type": "GET_AGENTS" })).await;
+    let agents: Value = serde_json::from_str(&body).unwrap();
+    let agent = &agents["get_agents"]["agents"][0];
+    assert_eq!(agent["agent_info"]["id"]["value"], agent_id.as_str());
+    let info = &agent["drain_info"];
+    assert!(info["state"] == "DRAINING" || info["state"] == "DRAINED", "{agent}");
+    assert_eq!(info["config"]["mark_gone"], true, "{agent}");
+    assert_eq!(info["config"]["max_grace_period"]["nanoseconds"], 1_000_000_000, "{agent}");
+    // The task dies by SIGKILL after a second, not an hour; then the agent is gone.
+    let task = cluster.wait_task_state(&task_id, "TASK_KILLED", LONG).await.unwrap();
+    assert!(task["status"]["message"].as_str().unwrap_or_default().contains("SIGKILL"), "{task}");
+    wait_for("the drained agent to be marked gone", LONG, async || {
+        let agent = cluster.get(&format!("/v1/nodes/{agent_id}")).await?;
+        Ok((agent["state"] == "GONE").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+}
+
 #[tokio::test]
 async fn operators_deactivate_agents_and_set_weights_that_outlive_a_restart() {
     let mut cluster = Cluster::start().await.unwrap();
@@ -713,7 +764,7 @@ async fn the_operator_api_speaks_protobuf_as_mesos_does() {
     assert_eq!(status(post(call(mpb::call::Type::GetHealth), "text/plain", PROTOBUF).send().await.unwrap()), 415);
     assert_eq!(status(post(call(mpb::call::Type::GetHealth), PROTOBUF, "text/html").send().await.unwrap()), 406);
     let no_content_type = http.post(&url).body(call(mpb::call::Type::GetHealth)).send().await.unwrap();
-    assert_eq!(status(no_content_type), 415);
+    assert_eq!(status(no_content_type), 400, "Mesos: Expecting 'Content-Type' to be present");
     let garbage = post(vec![0x0a, 0xff], PROTOBUF, PROTOBUF).send().await.unwrap();
     assert_eq!(garbage.status(), 400);
     assert!(garbage.text().await.unwrap().contains("does not decode"));

@@ -354,6 +354,7 @@ mod tests {
             state: AgentState::Active,
             drain: false,
             deactivated: false,
+            drain_config: None,
             registered_at: Time(1),
             version: String::new(),
             subnets: subnets

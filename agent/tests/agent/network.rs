@@ -327,6 +327,7 @@ fn agent(id: &str, addr: &str, subnets: &[&str]) -> Agent {
         state: AgentState::Active,
         drain: false,
         deactivated: false,
+        drain_config: None,
         registered_at: Time(1),
         version: String::new(),
         subnets: subnets

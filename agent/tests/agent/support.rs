@@ -587,10 +587,16 @@ pub fn launch_for(task: &TaskInfo, capabilities: Vec<Capability>) -> ToAgent {
 }
 
 pub fn kill(task_id: &str, grace_secs: Option<f64>) -> ToAgent {
+    kill_within(task_id, grace_secs, None)
+}
+
+/// A kill whose grace period is bounded by `max_grace_secs` (as a drain with a maximum sends).
+pub fn kill_within(task_id: &str, grace_secs: Option<f64>, max_grace_secs: Option<f64>) -> ToAgent {
     ToAgent::KillTask(apb::KillTask {
         framework_id: Some(pb::FrameworkId { value: FRAMEWORK.into() }),
         task_id: Some(pb::TaskId { value: task_id.into() }),
         kill_policy: atoll_proto::convert::kill_policy_to_pb(grace_secs),
+        max_grace_seconds: max_grace_secs,
     })
 }
 

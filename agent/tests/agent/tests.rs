@@ -138,6 +138,20 @@ fn kill_escalates_to_sigkill() {
         let killed = s.master.kill_until("polite", Some(30.0), TaskState::Killed).await;
         assert_eq!(killed.exit_signal, Some(libc::SIGTERM), "{killed:?}");
 
+        // A drain's maximum grace period bounds the task's own: an hour here, which no test
+        // would wait out.
+        let patient = task_info(
+            "patient",
+            shell("trap '' TERM; echo ready; while :; do sleep 1; done"),
+            "cpus:0.1",
+            Some(3600.0),
+        );
+        s.master.send(launch(&patient));
+        s.start_until_ready(&patient, "the trap to be installed").await;
+        s.master.send(kill_within("patient", None, Some(0.5)));
+        let killed = s.master.until_state("patient", TaskState::Killed).await;
+        assert_eq!(killed.exit_signal, Some(libc::SIGKILL), "{killed:?}");
+
         // A framework without TASK_KILLING_STATE hears of the kill only when it is done.
         s.master.send(launch_for(&sleeping("old-school", "cpus:0.1", None), Vec::new()));
         s.master.until_state("old-school", TaskState::Running).await;

@@ -324,6 +324,7 @@ fn cluster(tasks: usize, agents: usize) -> anyhow::Result<ClusterState> {
             state: AgentState::Active,
             drain: false,
             deactivated: false,
+            drain_config: None,
             registered_at: Time(0),
             version: String::new(),
             subnets: Vec::new(),

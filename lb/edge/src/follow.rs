@@ -39,7 +39,12 @@ pub async fn follow(state: Arc<EdgeState>) {
                         match StreamMessage::try_from(message) {
                             Ok(StreamMessage::Snapshot { state: snapshot }) => cluster = Some(snapshot),
                             Ok(StreamMessage::Event { event }) => match cluster.as_mut() {
-                                Some(cluster) => cluster.apply(&event),
+                                Some(cluster) => {
+                                    cluster.apply(&event);
+                                    // Ended tasks take no requests; folding would keep them all
+                                    // for as long as the stream lives.
+                                    cluster.tasks.retain(|t| !t.state.is_terminal());
+                                }
                                 None => continue,
                             },
                             Ok(_) => continue,

@@ -149,6 +149,17 @@ impl AgentState {
     }
 }
 
+/// How an agent is drained (Mesos's `DrainConfig`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainConfig {
+    /// The longest grace period its tasks' kills get (their own when shorter); none: their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grace_period_secs: Option<f64>,
+    /// Once drained, the agent is marked gone (its tasks gone, it may not come back).
+    #[serde(default)]
+    pub mark_gone: bool,
+}
+
 /// An agent as the cluster knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
@@ -168,6 +179,9 @@ pub struct Agent {
     /// across restarts.
     #[serde(default)]
     pub deactivated: bool,
+    /// How the operator asked to drain it (with `drain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_config: Option<DrainConfig>,
     pub registered_at: Time,
     #[serde(default)]
     pub version: String,
@@ -190,6 +204,7 @@ impl Agent {
             state: AgentState::Active,
             drain: false,
             deactivated: false,
+            drain_config: None,
             registered_at: now,
             version: String::new(),
             subnets: Vec::new(),

@@ -34,6 +34,7 @@ fn agent(id: &str, address: &str, state: AgentState) -> Agent {
         state,
         drain: matches!(state, AgentState::Draining | AgentState::Drained),
         deactivated: state == AgentState::Deactivated,
+        drain_config: None,
         registered_at: Time(1_700_000_001_000),
         version: "0.1.0".into(),
         subnets: Vec::new(),

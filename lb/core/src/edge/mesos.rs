@@ -260,6 +260,7 @@ mod tests {
             state: AgentState::Active,
             drain: false,
             deactivated: false,
+            drain_config: None,
             registered_at: Time::ZERO,
             version: String::new(),
             subnets: Vec::new(),

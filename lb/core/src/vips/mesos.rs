@@ -859,6 +859,7 @@ fn parse_agent(entry: &Value, resolve: &dyn Fn(&str) -> Vec<IpAddr>) -> Option<A
         state: if recovered { AgentState::Recovered } else { AgentState::Active },
         drain: false,
         deactivated: false,
+        drain_config: None,
         registered_at: Time::ZERO,
         version: text(entry, "version").to_owned(),
         subnets: Vec::new(),

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, App, AppId, Capability, ClusterState, Deployment, Event, EventKind, ExecutorId,
-    Framework, FrameworkId, FrameworkInfo, OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo, TaskState,
-    TaskStatus, Time, VipAssignment,
+    Agent, AgentId, AgentState, App, AppId, Capability, ClusterState, Deployment, DrainConfig, Event, EventKind,
+    ExecutorId, Framework, FrameworkId, FrameworkInfo, OfferId, Reason, Resources, Source, Task, TaskId, TaskInfo,
+    TaskState, TaskStatus, Time, VipAssignment,
 };
 
 use crate::allocator::{Allocation, Allocator};
@@ -423,6 +423,7 @@ impl Master {
                     state: AgentState::Active,
                     drain: false,
                     deactivated: false,
+                    drain_config: None,
                     registered_at: now,
                     version,
                     subnets: Vec::new(),
@@ -550,7 +551,12 @@ impl Master {
                     // Ended by the master (e.g. its framework tore it down): end it for real.
                     self.outbox.push(Output::ToAgent {
                         conn,
-                        command: AgentCommand::Kill { framework_id, task_id: info.task_id, grace_secs: None },
+                        command: AgentCommand::Kill {
+                            framework_id,
+                            task_id: info.task_id,
+                            grace_secs: None,
+                            max_grace_secs: None,
+                        },
                     });
                 }
                 None => {
@@ -655,6 +661,7 @@ impl Master {
                         framework_id: framework_id.clone(),
                         task_id: status.task_id,
                         grace_secs: None,
+                        max_grace_secs: None,
                     },
                 });
             }
@@ -1211,10 +1218,20 @@ impl Master {
     fn send_kill(&mut self, key: &TaskKey, grace_secs: Option<f64>) {
         let Some(task) = self.tasks.get(key) else { return };
         let grace = grace_secs.or(task.kill_grace_period_secs);
-        match self.agents.get(&task.agent_id).and_then(|a| a.conn) {
+        let agent = self.agents.get(&task.agent_id);
+        let max_grace_secs = agent
+            .filter(|a| a.view.drain)
+            .and_then(|a| a.view.drain_config)
+            .and_then(|config| config.max_grace_period_secs);
+        match agent.and_then(|a| a.conn) {
             Some(conn) => self.outbox.push(Output::ToAgent {
                 conn,
-                command: AgentCommand::Kill { framework_id: key.0.clone(), task_id: key.1.clone(), grace_secs: grace },
+                command: AgentCommand::Kill {
+                    framework_id: key.0.clone(),
+                    task_id: key.1.clone(),
+                    grace_secs: grace,
+                    max_grace_secs,
+                },
             }),
             // The agent is away; the kill is carried out when it comes back.
             None => {
@@ -1331,21 +1348,39 @@ impl Master {
 
     // ----- operator ----------------------------------------------------------------------
 
-    /// Stops offering the agent and kills its tasks gracefully; it stays drained until
-    /// reactivated.
-    pub fn drain_agent(&mut self, agent_id: &AgentId, now: Time) -> Result<Agent, MasterError> {
+    /// Stops offering the agent and kills its tasks gracefully (within `config`'s maximum
+    /// grace period, if any); it stays drained until reactivated, or is marked gone once
+    /// drained if `config` says so.
+    pub fn drain_agent(&mut self, agent_id: &AgentId, config: DrainConfig, now: Time) -> Result<Agent, MasterError> {
         let entry = self.agents.get_mut(agent_id).ok_or_else(|| MasterError::UnknownAgent(agent_id.clone()))?;
         if entry.view.state == AgentState::Gone {
             return Err(MasterError::AgentGone(agent_id.clone()));
         }
+        if let Some(max) = config.max_grace_period_secs
+            && !(max.is_finite() && max >= 0.0)
+        {
+            return Err(MasterError::BadDrain(format!("max_grace_period {max} is not a duration >= 0")));
+        }
+        entry.view.drain_config = Some(config);
         let tasks: Vec<TaskKey> = entry.tasks.iter().cloned().collect();
         self.allocator.deactivate_agent(agent_id);
         self.rescind_offers(|o| &o.agent_id == agent_id, now);
+        self.set_operator_intent(agent_id, Intent::Drain, now);
         for key in &tasks {
             self.send_kill(key, None);
         }
-        self.set_operator_intent(agent_id, Intent::Drain, now);
+        self.mark_gone_if_drained(agent_id, now);
         Ok(self.agent(agent_id).expect("exists"))
+    }
+
+    /// A drain asked to mark the agent gone once drained: now it is.
+    fn mark_gone_if_drained(&mut self, agent_id: &AgentId, now: Time) {
+        let drained = self.agents.get(agent_id).is_some_and(|a| {
+            a.view.state == AgentState::Drained && a.view.drain_config.is_some_and(|config| config.mark_gone)
+        });
+        if drained {
+            let _ = self.mark_agent_gone(agent_id, now);
+        }
     }
 
     /// Stops offering the agent while its tasks keep running (Mesos's `DEACTIVATE_AGENT`);
@@ -1635,6 +1670,7 @@ impl Master {
         if self.agents.get(&agent_id).is_some_and(|a| a.view.drain && a.view.state == AgentState::Draining) {
             let state = self.settled_state(&agent_id);
             self.set_agent_state(&agent_id, state, now);
+            self.mark_gone_if_drained(&agent_id, now);
         }
         let queue = self.completed.entry(key.0.clone()).or_default();
         queue.push_back(key.1.clone());
@@ -1688,6 +1724,9 @@ impl Master {
             Intent::Deactivate => (entry.view.drain, true),
             Intent::Reactivate => (false, false),
         };
+        if !drain {
+            entry.view.drain_config = None;
+        }
         let flag_changed = entry.view.drain != drain || entry.view.deactivated != deactivated;
         entry.view.drain = drain;
         entry.view.deactivated = deactivated;

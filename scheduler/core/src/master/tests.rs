@@ -405,7 +405,7 @@ fn drain_kills_tasks_then_reactivate_offers_again() {
     let mut c = Cluster::new(false);
     c.launch("a", "cpus:1", t(1.0));
     c.update("a", TaskState::Running, t(2.0));
-    c.master.drain_agent(&c.agent.clone(), t(3.0)).unwrap();
+    c.master.drain_agent(&c.agent.clone(), DrainConfig::default(), t(3.0)).unwrap();
     let out = c.drain();
     assert!(out.iter().any(
         |o| matches!(o, Output::ToAgent { command: AgentCommand::Kill { task_id, .. }, .. } if task_id.as_str() == "a")
@@ -419,7 +419,10 @@ fn drain_kills_tasks_then_reactivate_offers_again() {
     c.master.reactivate_agent(&c.agent.clone(), t(7.0)).unwrap();
     assert_eq!(c.master.agent(&c.agent).unwrap().state, AgentState::Active);
     assert!(!c.offers(t(7.0)).is_empty());
-    assert!(matches!(c.master.drain_agent(&AgentId::new("nope"), t(8.0)), Err(MasterError::UnknownAgent(_))));
+    assert!(matches!(
+        c.master.drain_agent(&AgentId::new("nope"), DrainConfig::default(), t(8.0)),
+        Err(MasterError::UnknownAgent(_))
+    ));
 }
 
 #[test]
@@ -458,7 +461,7 @@ fn deactivate_stops_offers_keeps_tasks_and_reactivate_offers_again() {
     assert_eq!(c.master.agent(&c.agent).unwrap().state, AgentState::Deactivated);
     assert!(c.offers(t(7.0)).is_empty());
     // Draining a deactivated agent kills its tasks; reactivating ends both.
-    c.master.drain_agent(&c.agent.clone(), t(8.0)).unwrap();
+    c.master.drain_agent(&c.agent.clone(), DrainConfig::default(), t(8.0)).unwrap();
     c.update("a", TaskState::Killed, t(9.0));
     let agent = c.master.agent(&c.agent).unwrap();
     assert_eq!((agent.state, agent.deactivated, agent.drain), (AgentState::Drained, true, true));
@@ -857,7 +860,7 @@ impl World {
             }
             Op::Drain(i) => {
                 if let Some(id) = self.agent_id[i as usize].clone() {
-                    let _ = self.master.drain_agent(&id, now);
+                    let _ = self.master.drain_agent(&id, DrainConfig::default(), now);
                 }
             }
             Op::Deactivate(i) => {
@@ -1328,4 +1331,48 @@ fn update_framework_changes_the_info_in_place_but_not_who_it_is() {
     c.drain();
     assert_eq!(c.events.len(), before);
     assert_eq!(c.master.framework(&fw).unwrap().info.name, "renamed");
+}
+
+#[test]
+fn a_drain_bounds_grace_periods_and_may_mark_the_agent_gone_once_drained() {
+    let mut c = Cluster::new(false);
+    let mut slow = task_info("slow", &c.agent, "cpus:1");
+    slow.kill_grace_period_secs = Some(600.0);
+    let offers = c.offers(t(1.0));
+    let call = SchedulerCall::Accept {
+        offer_ids: offers.iter().map(|o| o.id.clone()).collect(),
+        launches: vec![slow],
+        groups: Vec::new(),
+        refuse: None,
+    };
+    let fw = c.framework.clone();
+    c.master.framework_call(FW_CONN, &fw, call, t(1.0)).unwrap();
+    c.update("slow", TaskState::Running, t(2.0));
+    let bad = DrainConfig { max_grace_period_secs: Some(-1.0), mark_gone: true };
+    assert!(matches!(c.master.drain_agent(&c.agent.clone(), bad, t(3.0)), Err(MasterError::BadDrain(_))));
+    assert!(!c.master.agent(&c.agent).unwrap().drain, "a refused drain changes nothing");
+
+    let config = DrainConfig { max_grace_period_secs: Some(5.0), mark_gone: true };
+    let agent = c.master.drain_agent(&c.agent.clone(), config, t(3.0)).unwrap();
+    assert_eq!((agent.state, agent.drain_config), (AgentState::Draining, Some(config)));
+    let out = c.drain();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::ToAgent { command: AgentCommand::Kill { grace_secs: Some(g), max_grace_secs: Some(m), .. }, .. }
+            if *g == 600.0 && *m == 5.0
+    )));
+    // Drained: marked gone, as asked.
+    c.update("slow", TaskState::Killed, t(4.0));
+    assert_eq!(c.master.agent(&c.agent).unwrap().state, AgentState::Gone);
+    assert!(matches!(c.master.reactivate_agent(&c.agent.clone(), t(5.0)), Err(MasterError::AgentGone(_))));
+}
+
+#[test]
+fn reactivating_forgets_the_drain_config() {
+    let mut c = Cluster::new(false);
+    let config = DrainConfig { max_grace_period_secs: Some(1.0), mark_gone: false };
+    let agent = c.master.drain_agent(&c.agent.clone(), config, t(1.0)).unwrap();
+    assert_eq!(agent.state, AgentState::Drained, "nothing to kill: drained at once");
+    let agent = c.master.reactivate_agent(&c.agent.clone(), t(2.0)).unwrap();
+    assert_eq!((agent.state, agent.drain_config), (AgentState::Active, None));
 }

@@ -205,6 +205,9 @@ pub enum AgentCommand {
         framework_id: FrameworkId,
         task_id: TaskId,
         grace_secs: Option<f64>,
+        /// The longest grace period the kill may take, whatever the task's or the agent's
+        /// default (a drain's `max_grace_period`).
+        max_grace_secs: Option<f64>,
     },
     Acknowledge {
         framework_id: FrameworkId,
@@ -284,6 +287,8 @@ pub enum MasterError {
     NotRecordable(&'static str),
     #[error(transparent)]
     Ipam(atoll_ipam::IpamError),
+    #[error("drain_config: {0}")]
+    BadDrain(String),
     #[error("framework `{framework}` cannot change its {field} (`{from}` to `{to}`)")]
     FrameworkFieldChange { framework: FrameworkId, field: &'static str, from: String, to: String },
     #[error("unknown executor `{executor}` of framework `{framework}` on agent `{agent}`")]
