@@ -494,6 +494,15 @@ async fn following_a_marathon_like_marathon_lb_routes_its_apps() {
     edge.wait_route("/shop:0", 2).await.unwrap();
     let routes = edge.routes().await.unwrap();
     assert!(routes["index"].as_u64().unwrap() >= 2, "{routes}");
+    // Marathon-LB's sse mode: the changes came from Marathon's event bus, not from polling.
+    assert!(edge.logs().contains("following Marathon's event bus"), "{}", edge.logs());
+    let metrics = client.get(edge.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+    let fetches = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("atoll_edge_marathon_events_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no marathon_events counter in\n{metrics}"));
+    assert!(fetches >= 1.0, "no fetch was asked for by an event: {fetches}");
 }
 
 /// Requests `host` through the edge until every one of `tasks` answered (bounded); each must

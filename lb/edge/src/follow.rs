@@ -85,14 +85,38 @@ pub async fn follow_apps(state: Arc<EdgeState>, mut apps: tokio::sync::watch::Re
     }
 }
 
-/// How often a followed Marathon is asked for its apps.
+/// How often a followed Marathon is asked for its apps while its event bus is not followed.
 const MARATHON_POLL: Duration = Duration::from_secs(1);
+/// With the event bus followed, the apps are fetched when Marathon announces a change; this
+/// slow poll only guards against an event lost on the way.
+const MARATHON_SAFETY_POLL: Duration = Duration::from_secs(30);
+/// Events arriving together cause one fetch.
+const MARATHON_DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Follows a Marathon as Marathon-LB does: its apps with their tasks (`/v2/apps?embed=apps.tasks`),
-/// agent host names resolved here, a new table whenever what they ask for changed.
+/// Aborts a helper task when its owner ends (the edge aborts the follower, not its helpers).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows a Marathon as Marathon-LB does in its `sse` mode: its apps with their tasks
+/// (`/v2/apps?embed=apps.tasks`) fetched whenever its event bus (`/v2/events`) announces a
+/// change, polled while the bus cannot be followed; agent host names resolved here, a new
+/// table whenever what the apps ask for changed.
 pub async fn follow_marathon(state: Arc<EdgeState>, url: String) {
     let http = reqwest::Client::new();
     let apps_url = format!("{url}/v2/apps?embed=apps.tasks");
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let (bus_tx, bus) = tokio::sync::watch::channel(false);
+    let _events = AbortOnDrop(tokio::spawn(follow_marathon_events(
+        http.clone(),
+        format!("{url}/v2/events"),
+        changed.clone(),
+        bus_tx,
+    )));
     let mut index = 0;
     let mut last: Option<EdgeApps> = None;
     let mut resolved: std::collections::HashMap<String, Option<std::net::IpAddr>> = std::collections::HashMap::new();
@@ -134,7 +158,82 @@ pub async fn follow_marathon(state: Arc<EdgeState>, url: String) {
                 tracing::warn!("{apps_url}: {e}");
             }
         }
-        tokio::time::sleep(MARATHON_POLL).await;
+        let wait = if *bus.borrow() { MARATHON_SAFETY_POLL } else { MARATHON_POLL };
+        tokio::select! {
+            _ = changed.notified() => {
+                state.metrics.marathon_events.inc();
+                tokio::time::sleep(MARATHON_DEBOUNCE).await;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Follows Marathon's event bus (server-sent events), telling `changed` of every event that
+/// may change the apps, and `bus` whether it is followed; reconnects with backoff.
+async fn follow_marathon_events(
+    http: reqwest::Client,
+    url: String,
+    changed: Arc<tokio::sync::Notify>,
+    bus: tokio::sync::watch::Sender<bool>,
+) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let response = http.get(&url).header("Accept", "text/event-stream").send().await;
+        match response {
+            Ok(response)
+                if response.status().is_success()
+                    && response
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream")) =>
+            {
+                tracing::info!("following Marathon's event bus at {url}");
+                retry = Duration::from_secs(1);
+                let _ = bus.send(true);
+                // Whatever happened while the bus was not followed is fetched now.
+                changed.notify_one();
+                let mut response = response;
+                let mut buffer = String::new();
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    buffer.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+                    while let Some(end) = buffer.find("\n\n") {
+                        let block: String = buffer.drain(..end + 2).collect();
+                        if marathon_event_may_change_apps(&block) {
+                            changed.notify_one();
+                        }
+                    }
+                }
+                tracing::warn!("Marathon's event bus at {url} ended; polling its apps meanwhile");
+                let _ = bus.send(false);
+            }
+            Ok(response) => {
+                tracing::info!("no event bus at {url} (HTTP {}): polling Marathon's apps", response.status());
+            }
+            Err(e) => tracing::info!("no event bus at {url} ({e}): polling Marathon's apps"),
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Whether a server-sent event block is a Marathon event that may change the apps: any event
+/// but a bus's own (attachment, detachment) and keep-alive comments.
+fn marathon_event_may_change_apps(block: &str) -> bool {
+    let mut kind = None;
+    let mut has_data = false;
+    for line in block.lines() {
+        if let Some(name) = line.strip_prefix("event:") {
+            kind = Some(name.trim().to_owned());
+        } else if line.starts_with("data:") {
+            has_data = true;
+        }
+    }
+    match kind.as_deref() {
+        Some("event_stream_attached" | "event_stream_detached") => false,
+        Some(_) => true,
+        None => has_data,
     }
 }
 
@@ -220,5 +319,19 @@ pub async fn follow_mesos(state: Arc<EdgeState>, url: String) {
         };
         retry = atoll_mesos_follow::next_retry(retry, lived);
         tokio::time::sleep(retry).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marathon_events_but_the_buses_own_ask_for_the_apps() {
+        assert!(marathon_event_may_change_apps("event: status_update_event\ndata: {}\n\n"));
+        assert!(marathon_event_may_change_apps("event: deployment_success\ndata: {}\n\n"));
+        assert!(marathon_event_may_change_apps("data: {\"eventType\":\"api_post_event\"}\n\n"));
+        assert!(!marathon_event_may_change_apps("event: event_stream_attached\ndata: {}\n\n"));
+        assert!(!marathon_event_may_change_apps(": keep-alive\n\n"));
     }
 }

@@ -5,8 +5,8 @@
 //! per-backend request counters and the certificates it loaded.
 //!
 //! Where the apps come from ([`RouteSource`]): an Atoll master's event stream (the default);
-//! with `--marathon URL`, a Marathon's `/v2/apps?embed=apps.tasks`, polled, as Marathon-LB
-//! reads it; with `--mesos-master URL`, an Apache Mesos master's operator API event stream
+//! with `--marathon URL`, a Marathon's `/v2/apps?embed=apps.tasks`, read whenever its event
+//! bus (`/v2/events`) announces a change, as Marathon-LB reads it; with `--mesos-master URL`, an Apache Mesos master's operator API event stream
 //! (`atoll-mesos-follow`), whose tasks carry their Marathon app's labels and are grouped into
 //! apps by their Marathon task ids ([`atoll_lb_core::edge::mesos`]).
 
@@ -177,7 +177,8 @@ impl RunningEdge {
 pub enum RouteSource {
     /// The master's event stream (`options.master`).
     Master,
-    /// A Marathon's apps (`/v2/apps?embed=apps.tasks`), polled: Marathon-LB's own source.
+    /// A Marathon's apps (`/v2/apps?embed=apps.tasks`), read when its event bus announces a
+    /// change: Marathon-LB's own source.
     Marathon(String),
     /// A Mesos master's tasks, from its operator API's event stream (`http://host:5050`).
     Mesos(String),

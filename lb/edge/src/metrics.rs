@@ -44,6 +44,8 @@ pub struct Metrics {
     pub event_index: Gauge,
     pub routes: Gauge,
     pub route_updates: Counter,
+    /// Fetches of a followed Marathon's apps that its event bus asked for.
+    pub marathon_events: Counter,
     pub ejections: Counter,
     requests: Family<RouteCode, Counter>,
     durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -68,6 +70,7 @@ impl Metrics {
             event_index: Gauge::default(),
             routes: Gauge::default(),
             route_updates: Counter::default(),
+            marathon_events: Counter::default(),
             ejections: Counter::default(),
             requests: Family::default(),
             durations: Family::new_with_constructor(request_histogram),
@@ -83,6 +86,11 @@ impl Metrics {
         registry.register("routes", "HTTP routes served", metrics.routes.clone());
         registry.register("route_updates", "Route tables published", metrics.route_updates.clone());
         registry.register("ejections", "Backends ejected as outliers", metrics.ejections.clone());
+        registry.register(
+            "marathon_events",
+            "Fetches of Marathon's apps its event bus asked for",
+            metrics.marathon_events.clone(),
+        );
         registry.register("requests", "Requests by route and status code", metrics.requests.clone());
         registry.register(
             "request_duration_seconds",

@@ -65,8 +65,8 @@ pub struct EdgeSettings {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub grace_period: Option<Duration>,
-    /// Follow a Marathon (`/v2/apps?embed=apps.tasks`, polled) instead of the Atoll master's
-    /// event stream: a drop-in for Marathon-LB on an existing Mesos/Marathon cluster, e.g.
+    /// Follow a Marathon (`/v2/apps?embed=apps.tasks`, read when its /v2/events announce a
+    /// change) instead of the Atoll master's event stream: a drop-in for Marathon-LB on an existing Mesos/Marathon cluster, e.g.
     /// http://marathon.mesos:8080. Not together with --mesos-master
     #[arg(long)]
     pub marathon: Option<String>,
