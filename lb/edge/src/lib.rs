@@ -6,9 +6,10 @@
 //!
 //! Where the apps come from ([`RouteSource`]): an Atoll master's event stream (the default);
 //! with `--marathon URL`, a Marathon's `/v2/apps?embed=apps.tasks`, read whenever its event
-//! bus (`/v2/events`) announces a change, as Marathon-LB reads it; with `--mesos-master URL`, an Apache Mesos master's operator API event stream
-//! (`atoll-mesos-follow`), whose tasks carry their Marathon app's labels and are grouped into
-//! apps by their Marathon task ids ([`atoll_lb_core::edge::mesos`]).
+//! bus (`/v2/events`) announces a change, as Marathon-LB reads it; with `--mesos-master URL`,
+//! an Apache Mesos master's operator API event stream (`atoll-mesos-follow`), whose tasks
+//! carry their Marathon app's labels and are grouped into apps by their Marathon task ids
+//! ([`atoll_lb_core::edge::mesos`]).
 
 pub mod admin;
 pub mod follow;

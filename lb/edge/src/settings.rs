@@ -66,8 +66,9 @@ pub struct EdgeSettings {
     #[serde(default, with = "humantime_serde::option")]
     pub grace_period: Option<Duration>,
     /// Follow a Marathon (`/v2/apps?embed=apps.tasks`, read when its /v2/events announce a
-    /// change) instead of the Atoll master's event stream: a drop-in for Marathon-LB on an existing Mesos/Marathon cluster, e.g.
-    /// http://marathon.mesos:8080. Not together with --mesos-master
+    /// change) instead of the Atoll master's event stream: a drop-in for Marathon-LB on an
+    /// existing Mesos/Marathon cluster, e.g. http://marathon.mesos:8080. Not together with
+    /// --mesos-master
     #[arg(long)]
     pub marathon: Option<String>,
     /// Follow an Apache Mesos master's operator API event stream instead of the Atoll
