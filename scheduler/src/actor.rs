@@ -265,7 +265,7 @@ impl MasterHandle {
         Ok(self.ask(|reply| Command::UpdateWeights { weights, reply }).await??)
     }
 
-    /// Every role's weight that is not 1.0.
+    /// Every role whose weight was set, with that weight.
     pub async fn weights(&self) -> Result<std::collections::BTreeMap<String, f64>, ActorError> {
         self.ask(Command::Weights).await
     }

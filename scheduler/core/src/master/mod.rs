@@ -365,7 +365,7 @@ impl Master {
         Ok(())
     }
 
-    /// Every role's weight that is not the default 1.0, configured or set at run time.
+    /// Every role whose weight was set, configured or at run time, with that weight.
     pub fn role_weights(&self) -> BTreeMap<String, f64> {
         self.allocator.weights()
     }
