@@ -452,6 +452,15 @@ async fn drain_agent_bounds_grace_periods_and_marks_the_agent_gone() {
     let (status, body) = call(drain(json!({ "max_grace_period": "-3s" }))).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("max_grace_period"), "{body}");
+    // The same refusals from Atoll's own API and CLI.
+    let node_drain = format!("/v1/nodes/{agent_id}/drain");
+    for bad in [json!({ "max_grace_period_secs": -1 }), json!({ "max_grace": 1 })] {
+        let (status, body) = cluster.post(&node_drain, &bad).await.unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let output = cluster.run_atoll(&["node", "drain", &agent_id, "--max-grace=-1"], LONG).await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-grace"), "{output:?}");
     assert_eq!(cluster.get(&format!("/v1/nodes/{agent_id}")).await.unwrap()["state"], "ACTIVE", "unchanged");
 
     let (status, body) = call(drain(json!({ "max_grace_period": "1s", "mark_gone": true }))).await;
