@@ -12,10 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
 use atoll_agent::StopMode;
-use atoll_proto::model::{
-    Agent, AgentId, AgentState, AgentSubnet, Attributes, ClusterState, CommandInfo, NetworkRequest, Resources,
-    TaskState, Time,
-};
+use atoll_proto::model::{ClusterState, CommandInfo, NetworkRequest, TaskState};
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
 use tokio::io::AsyncReadExt;
@@ -50,36 +47,12 @@ fn masquerading(options: &mut atoll_agent::AgentOptions) {
     options.masquerade = true;
 }
 
-fn agent(id: &str, addr: &str, subnets: &[&str]) -> Agent {
-    Agent {
-        id: AgentId::new(id),
-        hostname: id.into(),
-        address: format!("{addr}:5051").parse().expect("addr"),
-        resources: Resources::new(),
-        used: Resources::new(),
-        attributes: Attributes::default(),
-        state: AgentState::Active,
-        drain: false,
-        deactivated: false,
-        drain_config: None,
-        registered_at: Time(1),
-        version: String::new(),
-        subnets: subnets
-            .iter()
-            .map(|s| {
-                let network: atoll_ipam::IpNetwork = s.parse().expect("cidr");
-                AgentSubnet { pool: "atoll".into(), network, gateway: network.network() }
-            })
-            .collect(),
-    }
-}
-
 /// The cluster as the fake master's event stream shows it: this agent and one other, whose
 /// container subnet `peer_subnet` is behind the outside namespace.
 fn cluster(index: u64, peer_subnet: &str) -> ClusterState {
     ClusterState {
         index,
-        agents: vec![agent(AGENT_ID, AGENT_IP, &[SUBNET]), agent("a2", OUTSIDE_IP, &[peer_subnet])],
+        agents: vec![peer_agent(AGENT_ID, AGENT_IP, &[SUBNET]), peer_agent("a2", OUTSIDE_IP, &[peer_subnet])],
         ..Default::default()
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use atoll_agent::StopMode;
 use atoll_agent::net::store::LeaseStore;
 use atoll_proto::model::{
-    Agent, AgentId, AgentState, AgentSubnet, Attributes, ClusterState, CommandInfo, HealthCheck, HealthCheckKind,
-    NetworkRequest, Resources, TaskInfo, TaskPortMapping, TaskState, TaskStatus, Time,
+    AgentId, ClusterState, CommandInfo, HealthCheck, HealthCheckKind, NetworkRequest, TaskInfo, TaskPortMapping,
+    TaskState, TaskStatus,
 };
 use atoll_proto::pb::v1 as pb;
 use atoll_proto::pb::v1::agent as apb;
@@ -316,30 +316,6 @@ fn address_exhaustion_pinning_and_refusals() {
         });
 }
 
-fn agent(id: &str, addr: &str, subnets: &[&str]) -> Agent {
-    Agent {
-        id: AgentId::new(id),
-        hostname: id.into(),
-        address: format!("{addr}:5051").parse().expect("addr"),
-        resources: Resources::new(),
-        used: Resources::new(),
-        attributes: Attributes::default(),
-        state: AgentState::Active,
-        drain: false,
-        deactivated: false,
-        drain_config: None,
-        registered_at: Time(1),
-        version: String::new(),
-        subnets: subnets
-            .iter()
-            .map(|s| {
-                let network: atoll_ipam::IpNetwork = s.parse().expect("cidr");
-                AgentSubnet { pool: "atoll".into(), network, gateway: network.network() }
-            })
-            .collect(),
-    }
-}
-
 /// `dest via` of Atoll's routes in the test's namespace.
 fn atoll_routes() -> Vec<String> {
     let out = run("ip", &["route", "show", "proto", "167"]);
@@ -371,10 +347,10 @@ fn routes_follow_other_agents_subnets() {
             s.master.cluster.send_replace(ClusterState {
                 index: 7,
                 agents: vec![
-                    agent(AGENT_ID, "198.19.255.1", &["198.18.3.0/24"]),
-                    agent("a2", "198.19.255.2", &["198.18.4.0/24"]),
-                    agent("a3", "198.19.255.3", &["198.18.6.0/24"]),
-                    agent("local", "127.0.0.1", &["198.18.7.0/24"]),
+                    peer_agent(AGENT_ID, "198.19.255.1", &["198.18.3.0/24"]),
+                    peer_agent("a2", "198.19.255.2", &["198.18.4.0/24"]),
+                    peer_agent("a3", "198.19.255.3", &["198.18.6.0/24"]),
+                    peer_agent("local", "127.0.0.1", &["198.18.7.0/24"]),
                 ],
                 ..Default::default()
             });
@@ -385,8 +361,8 @@ fn routes_follow_other_agents_subnets() {
             s.master.cluster.send_replace(ClusterState {
                 index: 9,
                 agents: vec![
-                    agent(AGENT_ID, "198.19.255.1", &["198.18.3.0/24"]),
-                    agent("a2", "198.19.255.2", &["198.18.8.0/24"]),
+                    peer_agent(AGENT_ID, "198.19.255.1", &["198.18.3.0/24"]),
+                    peer_agent("a2", "198.19.255.2", &["198.18.8.0/24"]),
                 ],
                 ..Default::default()
             });
@@ -477,8 +453,8 @@ fn tasks_on_two_hosts_reach_each_other() {
             let cluster = ClusterState {
                 index: 3,
                 agents: vec![
-                    agent(AGENT_ID, "198.19.255.1", &["198.18.10.0/24"]),
-                    agent(AGENT_B, "198.19.255.2", &["198.18.11.0/24"]),
+                    peer_agent(AGENT_ID, "198.19.255.1", &["198.18.10.0/24"]),
+                    peer_agent(AGENT_B, "198.19.255.2", &["198.18.11.0/24"]),
                 ],
                 ..Default::default()
             };

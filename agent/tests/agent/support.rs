@@ -648,3 +648,23 @@ pub fn sandbox_of(data_dir: &Path, task: &str) -> PathBuf {
     runs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     runs.pop().expect("a run directory")
 }
+
+/// An agent of the cluster as the fake master's event stream shows it: registered, active,
+/// holding `subnets` of the pool `atoll` (gateways at their network addresses).
+pub fn peer_agent(id: &str, addr: &str, subnets: &[&str]) -> atoll_proto::model::Agent {
+    let address = format!("{addr}:5051").parse().expect("addr");
+    let mut agent = atoll_proto::model::Agent::registered(
+        atoll_proto::model::AgentId::new(id),
+        id,
+        address,
+        atoll_proto::model::Time(1),
+    );
+    agent.subnets = subnets
+        .iter()
+        .map(|s| {
+            let network: atoll_ipam::IpNetwork = s.parse().expect("cidr");
+            atoll_proto::model::AgentSubnet { pool: "atoll".into(), network, gateway: network.network() }
+        })
+        .collect();
+    agent
+}

@@ -15,44 +15,16 @@
 //! next to the checkout); `$ATOLL_COMPAT_DIR` points elsewhere. No address in them is ever
 //! contacted: they are data.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::path::PathBuf;
 
 use atoll_lb_core::edge::{BackendState, EdgeApps, RouteTable, TaskHealth};
 use atoll_lb_core::vips::mesos::{Converted, MesosConverter, PortView};
 use atoll_proto::model::{ClusterState, Time};
 use serde_json::{Value, json};
 
-fn compat_dir() -> PathBuf {
-    let candidates: Vec<PathBuf> = std::env::var_os("ATOLL_COMPAT_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/compat")])
-        .collect();
-    candidates.iter().find(|dir| dir.join("dcos-net/operator-api.json").is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "the dcos-net fixtures (dcos-net/operator-api.json) are in none of {candidates:?}: \
-             lay the shared/ folder beside the repository or set ATOLL_COMPAT_DIR to its compat/ folder"
-        )
-    })
-}
-
-/// The events of a fixture, in order.
-fn stream(name: &str) -> Vec<Value> {
-    let path = compat_dir().join("dcos-net").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .enumerate()
-        .map(|(n, line)| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), n + 1)))
-        .collect()
-}
-
-/// What dcos-net's tests resolved host names to (`dns-hostname.json`'s agent is `localhost`).
-fn resolve(host: &str) -> Vec<IpAddr> {
-    if host == "localhost" { vec![IpAddr::from([127, 0, 0, 1])] } else { Vec::new() }
-}
+use common::{resolve, stream};
 
 /// The apps after each event, following the stream as the edge does: the converter's
 /// snapshot, then its events folded in, ended tasks dropped.
