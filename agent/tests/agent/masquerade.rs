@@ -187,6 +187,11 @@ fn masquerade_hides_container_egress_behind_the_agent() {
                 atoll_routes() == [format!("198.18.14.0/24 via {OUTSIDE_IP}")]
             })
             .await;
+            // The agent reports the table once it is in: the report may trail the rules a moment.
+            eventually("the masquerade table reported", || async {
+                masquerade_view(s).await["kept"] == serde_json::json!(["198.18.13.0/24", "198.18.14.0/24"])
+            })
+            .await;
             let view = masquerade_view(s).await;
             assert_eq!(view["enabled"], true, "{view}");
             assert_eq!(view["table"], table.as_str());
@@ -270,6 +275,11 @@ fn masquerade_without_nft_and_cleanup() {
             s.options.nft = "nft".into();
             s.restart_agent().await;
             eventually("the masquerade table", || async { rules(&table).len() == 2 }).await;
+            // The agent reports the table once it is in: the report may trail the rules a moment.
+            eventually("the masquerade table reported", || async {
+                masquerade_view(s).await["families"] == serde_json::json!(["ip"])
+            })
+            .await;
             let view = masquerade_view(s).await;
             assert_eq!((&view["families"], &view["error"]), (&serde_json::json!(["ip"]), &serde_json::Value::Null));
             s.agent.stop(StopMode::LeaveTasks).await;
