@@ -187,9 +187,11 @@ impl DnsSettings {
         if ttl == 0 {
             return Err(invalid("ttl", "must be at least 1 second"));
         }
-        if let Some(url) = &self.mesos_master {
-            check_url("mesos-master", url)?;
-        }
+        let mesos_master = self
+            .mesos_master
+            .as_deref()
+            .map(|url| atoll_mesos_follow::base_url(url).map_err(|e| invalid("mesos-master", e)))
+            .transpose()?;
         let master = self.master.unwrap_or_else(|| "http://127.0.0.1:5050".into());
         check_url("master", &master)?;
         Ok(DnsOptions {
@@ -204,7 +206,7 @@ impl DnsSettings {
             recursion_allowed,
             health_aware: !self.publish_unhealthy,
             soa_mname,
-            mesos_master: self.mesos_master,
+            mesos_master,
             vip_pool: self.vip_pool.unwrap_or(atoll_lb_core::vips::DEFAULT_VIP_POOL),
             master,
             data_dir: Some(self.data_dir.unwrap_or_else(|| atoll_proto::paths::default_data_dir("dns"))),
@@ -280,6 +282,7 @@ mod tests {
             (DnsSettings { recursion_allowed: vec!["10.0.0.0/33".into()], ..Default::default() }, "recursion-allowed"),
             (DnsSettings { ttl: Some(0), ..Default::default() }, "ttl"),
             (DnsSettings { mesos_master: Some("mesos:5050".into()), ..Default::default() }, "mesos-master"),
+            (DnsSettings { mesos_master: Some("https://mesos:5050".into()), ..Default::default() }, "mesos-master"),
         ] {
             let err = settings.resolve().unwrap_err().to_string();
             assert!(err.starts_with(key), "{err}");

@@ -188,7 +188,7 @@ impl LbSettings {
                     "follows a Mesos master instead of an Atoll master: leave out --master (and ATOLL_MASTER)",
                 ));
             }
-            Some(url) => Some(check_mesos_url(&url)?),
+            Some(url) => Some(atoll_mesos_follow::base_url(&url).map_err(|e| invalid("mesos-master", e))?),
             None => None,
         };
         Ok(LbOptions {
@@ -200,19 +200,6 @@ impl LbSettings {
             mesos_master,
         })
     }
-}
-
-/// A Mesos master's base URL: `http://host[:port]`, returned without a trailing slash (the
-/// daemon appends `/api/v1`). Plain HTTP only: this build's HTTP client has no TLS.
-fn check_mesos_url(url: &str) -> Result<String, SettingsError> {
-    let base = url.trim().trim_end_matches('/');
-    let Some(rest) = base.strip_prefix("http://") else {
-        return Err(invalid("mesos-master", format!("`{url}` is not an http:// URL (e.g. http://mesos-master:5050)")));
-    };
-    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
-        return Err(invalid("mesos-master", format!("`{url}` names no host")));
-    }
-    Ok(base.to_owned())
 }
 
 #[cfg(test)]

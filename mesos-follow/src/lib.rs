@@ -52,6 +52,20 @@ pub enum MesosError {
     Silent { url: String, silence: Duration, heartbeat: Duration },
 }
 
+/// The base URL of a Mesos master or Marathon given on the command line (`http://host[:port]`),
+/// without a trailing slash (the followers append their paths), or why it is not one. Plain
+/// HTTP only: the daemons' HTTP client has no TLS, so an `https://` URL would only fail later.
+pub fn base_url(url: &str) -> Result<String, String> {
+    let base = url.trim().trim_end_matches('/');
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Err(format!("`{url}` is not an http:// URL (e.g. http://mesos-master:5050)"));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(format!("`{url}` names no host"));
+    }
+    Ok(base.to_owned())
+}
+
 /// The next wait before subscribing again, after waiting `retry` last time and a stream that
 /// lived `lived` (`None`: there was no stream).
 pub fn next_retry(retry: Duration, lived: Option<Duration>) -> Duration {
@@ -216,6 +230,14 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn base_urls_are_plain_http_with_a_host() {
+        assert_eq!(base_url(" http://mesos:5050/ ").unwrap(), "http://mesos:5050");
+        for bad in ["mesos:5050", "https://mesos", "http://", "http:///api", "http://a b"] {
+            assert!(base_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn retries_wait_at_least_a_second_and_back_off() {

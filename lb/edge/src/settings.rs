@@ -163,7 +163,11 @@ impl EdgeSettings {
                 "--mesos-master and --marathon are both sources of routes: give one of them",
             ));
         }
-        let mesos_master = self.mesos_master.as_deref().map(check_mesos_url).transpose()?;
+        let mesos_master = self
+            .mesos_master
+            .as_deref()
+            .map(|url| atoll_mesos_follow::base_url(url).map_err(|e| invalid("mesos-master", e)))
+            .transpose()?;
         Ok(EdgeOptions {
             listen,
             tls_listen: self.tls_listen,
@@ -177,29 +181,14 @@ impl EdgeSettings {
             retries: self.retries.unwrap_or(2).min(16),
             grace_period: self.grace_period.unwrap_or(Duration::from_secs(5)),
             master: self.master.unwrap_or_else(|| "http://127.0.0.1:5050".into()),
-            marathon: match self.marathon {
-                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    return Err(invalid("marathon", format!("`{url}` is not an http:// URL")));
-                }
-                Some(url) => Some(url.trim_end_matches('/').to_owned()),
-                None => None,
-            },
+            marathon: self
+                .marathon
+                .as_deref()
+                .map(|url| atoll_mesos_follow::base_url(url).map_err(|e| invalid("marathon", e)))
+                .transpose()?,
             mesos_master,
         })
     }
-}
-
-/// A Mesos master's base URL: `http://host[:port]`, returned without a trailing slash (the
-/// follower appends `/api/v1`). Plain HTTP only: this build's HTTP client has no TLS.
-fn check_mesos_url(url: &str) -> Result<String, SettingsError> {
-    let base = url.trim().trim_end_matches('/');
-    let Some(rest) = base.strip_prefix("http://") else {
-        return Err(invalid("mesos-master", format!("`{url}` is not an http:// URL (e.g. http://mesos-master:5050)")));
-    };
-    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
-        return Err(invalid("mesos-master", format!("`{url}` names no host")));
-    }
-    Ok(base.to_owned())
 }
 
 #[cfg(test)]
@@ -252,6 +241,8 @@ mod tests {
         for bad in ["mesos.example:5050", "https://mesos.example", "http://", "http:///api", "http://a b"] {
             let settings = EdgeSettings { mesos_master: Some(bad.into()), ..Default::default() };
             assert_eq!(error_key(settings), "mesos-master", "{bad}");
+            let settings = EdgeSettings { marathon: Some(bad.into()), ..Default::default() };
+            assert_eq!(error_key(settings), "marathon", "{bad}");
         }
     }
 
